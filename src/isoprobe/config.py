@@ -1,0 +1,214 @@
+"""Typed, validated params: read params.yaml once, pass the objects down.
+
+Every stage calls `load_params` first; a bad file stops with one message that names the key path,
+the value and what is allowed (`IsoprobeError`, exit code 2), before anything is written.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from isoprobe.errors import IsoprobeError
+
+SOURCE_SCHEMES = ("embedded", "glue_tsv", "hf", "trec", "conllu", "csv", "tsv")
+EMBEDDED_SOURCES = ("tweets",)
+SPLITS = ("train", "dev", "test")
+TASK_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ModelConfig(Strict):
+    name: str = Field("embedded:all-MiniLM-L6-v2", min_length=1)
+    revision: str | None = None
+
+
+class SplitFractions(Strict):
+    """Shares carved out of the pool when a source has no (labelled) split of that name."""
+
+    dev: float = Field(0.1, gt=0, lt=1)
+    test: float = Field(0.1, gt=0, lt=1)
+
+    @model_validator(mode="after")
+    def _room_for_train(self) -> SplitFractions:
+        if self.dev + self.test >= 1:
+            raise ValueError(
+                f"dev + test must be < 1 to leave rows for train (got {self.dev} + {self.test})"
+            )
+        return self
+
+
+class MaxRows(Strict):
+    """Upper bound on rows per split after a stratified, seeded subsample; null keeps every row."""
+
+    train: int | None = Field(None, ge=1)
+    dev: int | None = Field(None, ge=1)
+    test: int | None = Field(None, ge=1)
+
+
+class TaskConfig(Strict):
+    """One labelled data set. Unset columns, label type and labels take the source's own defaults."""
+
+    source: str
+    text_columns: list[str] | None = Field(None, min_length=1, max_length=2)
+    label_column: str | None = None
+    label_type: Literal["classification", "regression"] | None = None
+    labels: list[str] | None = Field(None, min_length=2)
+    granularity: Literal["coarse", "fine"] = "coarse"
+    encoding: str = "utf-8"
+    split: SplitFractions = SplitFractions()
+    max_rows: MaxRows = MaxRows()
+    dedupe: bool = True
+    invalid_rows: Literal["drop", "fail"] = "drop"
+    seed: int = 0
+
+    @field_validator("source")
+    @classmethod
+    def _known_scheme(cls, v: str) -> str:
+        scheme, sep, arg = v.partition(":")
+        if not sep or not arg:
+            raise ValueError(
+                f"expected '<scheme>:<argument>' with scheme one of {', '.join(SOURCE_SCHEMES)}"
+            )
+        if scheme not in SOURCE_SCHEMES:
+            raise ValueError(
+                f"unknown source scheme '{scheme}'; allowed: {', '.join(SOURCE_SCHEMES)}"
+            )
+        if scheme == "embedded" and arg not in EMBEDDED_SOURCES:
+            raise ValueError(
+                f"unknown embedded source '{arg}'; allowed: {', '.join(EMBEDDED_SOURCES)}"
+            )
+        return v
+
+    @field_validator("labels")
+    @classmethod
+    def _unique_labels(cls, v: list[str] | None) -> list[str] | None:
+        if v is not None and len(set(v)) != len(v):
+            raise ValueError("labels must be unique")
+        return v
+
+    @property
+    def scheme(self) -> str:
+        return self.source.partition(":")[0]
+
+    @property
+    def argument(self) -> str:
+        return self.source.partition(":")[2]
+
+
+class PipelineConfig(Strict):
+    tasks: list[str] = Field(..., min_length=1)
+
+    @field_validator("tasks")
+    @classmethod
+    def _unique(cls, v: list[str]) -> list[str]:
+        if len(set(v)) != len(v):
+            raise ValueError("task names must be unique")
+        return v
+
+
+class EmbedConfig(Strict):
+    batch_size: int = Field(64, ge=1)
+    max_length: int = Field(128, ge=4, le=8192)
+    word_max_length: int = Field(256, ge=4, le=8192)
+    dtype: Literal["float32", "float16"] = "float32"
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    num_threads: int = Field(0, ge=0)
+
+
+class IsotropyConfig(Strict):
+    split: Literal["train", "dev", "test"] = "train"
+    top_k: list[int] = Field([1, 5, 10], min_length=1)
+    corr_threshold: float = Field(0.5, gt=0, lt=1)
+    heatmap_dims: int = Field(32, ge=2, le=512)
+
+    @field_validator("top_k")
+    @classmethod
+    def _positive(cls, v: list[int]) -> list[int]:
+        if any(k < 1 for k in v) or len(set(v)) != len(v):
+            raise ValueError("top_k must be distinct integers >= 1")
+        return sorted(v)
+
+
+class TrackingConfig(Strict):
+    enabled: bool = True
+    uri: str | None = None
+
+
+class Params(Strict):
+    model: ModelConfig = ModelConfig()
+    pipeline: PipelineConfig
+    tasks: dict[str, TaskConfig] = Field(..., min_length=1)
+    embed: EmbedConfig = EmbedConfig()
+    isotropy: IsotropyConfig = IsotropyConfig()
+    tracking: TrackingConfig = TrackingConfig()
+
+    @field_validator("tasks")
+    @classmethod
+    def _task_names(cls, v: dict[str, TaskConfig]) -> dict[str, TaskConfig]:
+        for name in v:
+            if not TASK_NAME.match(name):
+                raise ValueError(
+                    f"task name '{name}' must match {TASK_NAME.pattern} (it names folders)"
+                )
+        return v
+
+    @model_validator(mode="after")
+    def _selected_tasks_exist(self) -> Params:
+        missing = [t for t in self.pipeline.tasks if t not in self.tasks]
+        if missing:
+            raise ValueError(
+                f"pipeline.tasks names {missing} not defined under tasks; defined: {sorted(self.tasks)}"
+            )
+        return self
+
+    def task(self, name: str) -> TaskConfig:
+        if name not in self.tasks:
+            raise IsoprobeError(
+                f"task '{name}' is not defined under tasks; defined: {sorted(self.tasks)}"
+            )
+        return self.tasks[name]
+
+
+def _format_errors(err: ValidationError, source: str) -> str:
+    lines = []
+    for e in err.errors():
+        loc = ".".join(str(p) for p in e["loc"]) or "(top level)"
+        msg = e["msg"].removeprefix("Value error, ")
+        if e["type"] == "extra_forbidden":
+            msg = "unknown key"
+        got = e.get("input")
+        shown = "" if isinstance(got, dict) or e["type"] == "missing" else f" (got {got!r})"
+        lines.append(f"{source}: {loc}: {msg}{shown}")
+    return "\n".join(lines)
+
+
+def parse_params(data: Any, source: str = "params") -> Params:
+    """Validate an already-loaded mapping."""
+    if not isinstance(data, dict):
+        raise IsoprobeError(
+            f"{source}: expected a mapping at the top level, got {type(data).__name__}"
+        )
+    try:
+        return Params.model_validate(data)
+    except ValidationError as err:
+        raise IsoprobeError(_format_errors(err, source)) from None
+
+
+def load_params(path: str | Path = "params.yaml") -> Params:
+    """Read and validate a params file (yaml.safe_load)."""
+    path = Path(path)
+    if not path.is_file():
+        raise IsoprobeError(f"params file not found: {path}")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as err:
+        raise IsoprobeError(f"{path}: not valid YAML: {err}") from None
+    return parse_params(data, str(path))

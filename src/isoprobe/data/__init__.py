@@ -1,0 +1,1 @@
+"""Data sources, the prepared-split schema, and the prepare step."""

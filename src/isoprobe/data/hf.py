@@ -1,0 +1,117 @@
+"""Hugging Face `datasets` sources: `hf:<dataset>[:<config>]`, a hub id or a local folder of data
+files (load_dataset's own resolution). Split names train / validation (or dev) / test.
+
+A test split whose labels are all missing or -1 (GLUE on the hub) is unlabeled: validation then
+becomes the test split and dev is carved from train, as for GLUE TSVs.
+"""
+
+from __future__ import annotations
+
+from isoprobe.config import TaskConfig
+from isoprobe.data.raw import RawData, Tally
+from isoprobe.errors import IsoprobeError
+
+SPLIT_NAMES = {"train": ("train",), "dev": ("validation", "dev", "valid"), "test": ("test",)}
+# Text columns of well-known hub data sets when the task names none.
+KNOWN_TEXT_COLUMNS = (
+    ("sentence1", "sentence2"),
+    ("question1", "question2"),
+    ("question", "sentence"),
+    ("premise", "hypothesis"),
+    ("sentence",),
+    ("text",),
+)
+
+
+def parse_hf_argument(arg: str) -> tuple[str, str | None]:
+    name, _, config = arg.partition(":")
+    return name, (config or None)
+
+
+def _text_columns(columns: list[str], task: TaskConfig, key: str) -> list[str]:
+    if task.text_columns:
+        return list(task.text_columns)
+    for cand in KNOWN_TEXT_COLUMNS:
+        if all(c in columns for c in cand):
+            return list(cand)
+    raise IsoprobeError(
+        f"{key}.text_columns: not set and no known text column among {columns}; set it"
+    )
+
+
+def read_hf(task: TaskConfig, key: str) -> RawData:
+    try:
+        import datasets
+    except ImportError as err:  # pragma: no cover - a declared dependency
+        raise IsoprobeError("the hf: source needs the `datasets` package") from err
+    name, config = parse_hf_argument(task.argument)
+    try:
+        dd = datasets.load_dataset(name, config)
+    except Exception as err:  # datasets raises many types for a missing or unreachable set
+        raise IsoprobeError(
+            f"{key}.source: could not load Hugging Face dataset '{task.argument}': {type(err).__name__}: {err}. "
+            "Offline, use a local folder (hf:/path/to/dir), glue_tsv:, csv: or tsv: instead."
+        ) from None
+    found = {}
+    for split, names in SPLIT_NAMES.items():
+        for n in names:
+            if n in dd:
+                found[split] = (n, dd[n])
+                break
+    if "train" not in found:
+        raise IsoprobeError(
+            f"{key}.source: dataset '{task.argument}' has no train split (has {list(dd)})"
+        )
+    columns = list(found["train"][1].column_names)
+    text_columns = _text_columns(columns, task, key)
+    label_column = task.label_column or "label"
+    for col in [*text_columns, label_column]:
+        if col not in columns:
+            raise IsoprobeError(
+                f"{key}: column '{col}' not in dataset '{task.argument}'; columns: {', '.join(columns)}"
+            )
+    feature = found["train"][1].features[label_column]
+    names = list(getattr(feature, "names", []) or []) or None
+    label_type = task.label_type or (
+        "classification"
+        if names or feature.dtype in ("string", "bool") or "int" in str(feature.dtype)
+        else "regression"
+    )
+    splits, origin = {}, {}
+    for split, (sname, ds) in found.items():
+        rows = []
+        for i, ex in enumerate(ds):
+            lab = ex[label_column]
+            if lab is None or (names and lab == -1):
+                lab = None
+            elif names:
+                lab = names[lab]
+            elif label_type == "classification":
+                lab = str(lab)
+            else:
+                lab = float(lab)
+            rows.append(
+                {
+                    "text_a": ex[text_columns[0]],
+                    "text_b": ex[text_columns[1]] if len(text_columns) > 1 else None,
+                    "label": lab,
+                    "origin": f"{sname}:{i}",
+                }
+            )
+        splits[split] = rows
+        origin[split] = f"{task.argument} [{sname}]"
+    if "test" in splits and all(r["label"] is None for r in splits["test"]):
+        del splits["test"], origin["test"]
+    if "test" not in splits and "dev" in splits:
+        splits["test"] = splits.pop("dev")
+        origin["test"] = origin.pop("dev") + " (no labelled test split)"
+    return RawData(
+        kind="sentence",
+        label_type=label_type,
+        splits=splits,
+        label_names=task.labels or names,
+        text_columns=text_columns,
+        label_column=label_column,
+        split_origin=origin,
+        tally=Tally(),
+    )

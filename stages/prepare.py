@@ -1,0 +1,27 @@
+"""Stage `prepare@<task>`: read the task's source, validate, split, subsample; write
+data/prepared/<task>/{train,dev,test}.jsonl and meta.json."""
+
+from isoprobe.config import load_params
+from isoprobe.data.prepare import prepare_task, write_prepared
+from isoprobe.data.sources import read_source
+from isoprobe.io import atomic_dir
+from isoprobe.paths import prepared_dir
+from isoprobe.stage import offline_if_local, run_stage, task_arguments
+
+
+def main() -> None:
+    args = task_arguments(__doc__)
+    params = load_params(args.params)
+    task = params.task(args.task)
+    offline_if_local(task.argument if task.scheme == "hf" else "embedded:")
+    prepared = prepare_task(read_source(task, f"tasks.{args.task}"), task, args.task)
+    with atomic_dir(prepared_dir(args.task)) as tmp:
+        write_prepared(prepared, tmp)
+    m = prepared.meta
+    sizes = ", ".join(f"{s} {c['rows']}" for s, c in m["counts"].items())
+    dropped = ", ".join(f"{k} {v}" for k, v in m["dropped"].items() if v) or "none"
+    print(f"prepare {args.task}: {m['source']} -> {sizes}; dropped: {dropped}")
+
+
+if __name__ == "__main__":
+    run_stage(main)
