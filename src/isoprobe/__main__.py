@@ -12,7 +12,9 @@ from isoprobe.errors import IsoprobeError
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="isoprobe", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
-    check = sub.add_parser("check", help="validate a params file (exit 2 with a message when invalid)")
+    check = sub.add_parser(
+        "check", help="validate a params file (exit 2 with a message when invalid)"
+    )
     check.add_argument("--params", default="params.yaml")
     res = sub.add_parser("resolve-model", help="print where a model.name loads from")
     res.add_argument("name")
@@ -20,7 +22,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "check":
             params = load_params(args.params)
-            print(f"{args.params}: ok ({len(params.tasks)} tasks defined; pipeline runs {', '.join(params.pipeline.tasks)})")
+            print(
+                f"{args.params}: ok ({len(params.tasks)} tasks defined; pipeline runs {', '.join(params.pipeline.tasks)})"
+            )
         else:
             from isoprobe.models import resolve_model
 

@@ -38,6 +38,8 @@ def covariance_eigenvalues(cov: np.ndarray) -> np.ndarray:
 
 
 def effective_rank(eig: np.ndarray) -> float:
+    if not eig.sum() > 0:
+        return float("nan")
     p = eig / eig.sum()
     p = p[p > 0]
     return float(np.exp(-(p * np.log(p)).sum()))
@@ -98,7 +100,11 @@ class Isotropy:
         cov = Xc.T @ Xc / n
         var = np.clip(np.diag(cov).copy(), 0.0, None)
         std = np.sqrt(var)
-        live = std > 1e-12 * max(std.max(), 1e-300)
+        # A dimension is constant when its spread is round-off relative to the data's magnitude
+        # (the mean of identical floats is not always exactly that float).
+        live = std > 1e-10 * max(np.abs(X).max(), 1e-300)
+        std[~live], var[~live] = 0.0, 0.0
+        cov[~live, :], cov[:, ~live] = 0.0, 0.0
         corr = np.full((h, h), np.nan)
         corr[np.ix_(live, live)] = np.clip(
             cov[np.ix_(live, live)] / np.outer(std[live], std[live]), -1, 1

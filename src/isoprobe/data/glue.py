@@ -56,13 +56,13 @@ GLUE = {
 ALIASES = {"SST2": "SST-2", "STSB": "STS-B", "STS_B": "STS-B", "SST_2": "SST-2"}
 
 
-def glue_layout(directory: Path) -> tuple[str, GlueLayout]:
+def glue_layout(directory: Path, key: str = "source") -> tuple[str, GlueLayout]:
     key = directory.resolve().name.upper()
     key = ALIASES.get(key, key)
     if key not in GLUE:
         known = ", ".join(sorted(GLUE))
         raise IsoprobeError(
-            f"glue_tsv: cannot tell the GLUE task from the folder name '{directory.name}'; "
+            f"{key}: glue_tsv: cannot tell the GLUE task from the folder name '{directory.name}'; "
             f"expected one of {known} (the GLUE download layout)"
         )
     return key, GLUE[key]
@@ -72,7 +72,7 @@ def read_glue(task: TaskConfig, key: str) -> RawData:
     directory = Path(task.argument)
     if not directory.is_dir():
         raise IsoprobeError(f"{key}.source: GLUE directory not found: {directory}")
-    name, layout = glue_layout(directory)
+    name, layout = glue_layout(directory, f"{key}.source")
     text_columns = task.text_columns or list(layout.text_columns)
     label_column = task.label_column or layout.label_column
     label_type = task.label_type or layout.label_type

@@ -82,7 +82,10 @@ def read_hf(task: TaskConfig, key: str) -> RawData:
         rows = []
         for i, ex in enumerate(ds):
             lab = ex[label_column]
-            if lab is None or (names and lab == -1):
+            # -1 marks an unlabeled row (GLUE test sets), for ClassLabel and plain integer columns alike.
+            if lab is None or (
+                label_type == "classification" and isinstance(lab, int) and lab == -1
+            ):
                 lab = None
             elif names:
                 lab = names[lab]

@@ -106,6 +106,8 @@ def _strata(rows: list[dict], raw: RawData) -> np.ndarray:
 def _assign_splits(raw: RawData, task: TaskConfig) -> tuple[dict[str, list[dict]], dict[str, str]]:
     s = dict(raw.splits)
     origin = dict(raw.split_origin)
+    if "train" in s and "dev" not in s and "test" not in s:  # a lone train split is a pool too
+        s["pool"], origin["pool"] = s.pop("train"), origin.pop("train")
     if "pool" in s:
         pool = s.pop("pool")
         p_origin = origin.pop("pool")
@@ -121,7 +123,7 @@ def _assign_splits(raw: RawData, task: TaskConfig) -> tuple[dict[str, list[dict]
         }
         origin = {
             "train": f"{p_origin}: the rest",
-            "dev": f"{p_origin}: {task.split.dev:.0%} carved, stratified, seed {task.seed}",
+            "dev": f"{p_origin}: {task.split.dev:.0%} carved, stratified, seed {task.seed + 1}",
             "test": f"{p_origin}: {task.split.test:.0%} carved, stratified, seed {task.seed}",
         }
         return s, origin

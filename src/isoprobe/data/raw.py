@@ -57,7 +57,10 @@ def read_lines(path: Path, encoding: str, fallback: str | None, tally: Tally) ->
     if not path.is_file():
         raise IsoprobeError(f"data file not found: {path}")
     out = []
-    for i, raw in enumerate(path.read_bytes().split(b"\n"), start=1):
+    data = path.read_bytes().removeprefix(
+        b"\xef\xbb\xbf"
+    )  # a UTF-8 byte-order mark (Excel) is not text
+    for i, raw in enumerate(data.split(b"\n"), start=1):
         raw = raw.removesuffix(b"\r")
         try:
             out.append(raw.decode(encoding))

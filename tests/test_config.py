@@ -1,0 +1,119 @@
+"""Params schema: the repository's params.yaml is valid; bad params name the key and stop."""
+
+from __future__ import annotations
+
+import copy
+import subprocess
+import sys
+
+import pytest
+import yaml
+
+from conftest import REPO
+from isoprobe.config import load_params, parse_params
+from isoprobe.errors import IsoprobeError
+
+BASE = yaml.safe_load((REPO / "params.yaml").read_text())
+
+
+def test_repository_params_are_valid():
+    p = load_params(REPO / "params.yaml")
+    assert p.pipeline.tasks == ["tweets"]
+    assert p.model.name == "embedded:all-MiniLM-L6-v2"
+    assert p.tasks["tweets"].scheme == "embedded" and p.tasks["rte"].argument.endswith("glue/RTE")
+
+
+def with_change(path: str, value):
+    data = copy.deepcopy(BASE)
+    *parents, last = path.split(".")
+    node = data
+    for k in parents:
+        node = node[k]
+    if value is KeyError:
+        del node[last]
+    else:
+        node[last] = value
+    return data
+
+
+@pytest.mark.parametrize(
+    ("path", "value", "expected"),
+    [
+        (
+            "tasks.tweets.source",
+            "ftp:somewhere",
+            r"tasks\.tweets\.source: unknown source scheme 'ftp'",
+        ),
+        ("tasks.tweets.source", "tweets", r"tasks\.tweets\.source: expected '<scheme>:<argument>'"),
+        (
+            "tasks.tweets.source",
+            "embedded:reviews",
+            r"tasks\.tweets\.source: unknown embedded source 'reviews'",
+        ),
+        (
+            "tasks.tweets.max_rows.dev",
+            0,
+            r"tasks\.tweets\.max_rows\.dev: .*greater than or equal to 1",
+        ),
+        ("tasks.tweets.split.dev", 0.95, r"tasks\.tweets\.split: .*dev \+ test must be < 1"),
+        (
+            "tasks.tweets.label_type",
+            "ordinal",
+            r"tasks\.tweets\.label_type: .*'classification' or 'regression'",
+        ),
+        ("tasks.tweets.invalid_rows", "skip", r"tasks\.tweets\.invalid_rows"),
+        ("tasks.tweets.labels", ["a", "a"], r"tasks\.tweets\.labels: labels must be unique"),
+        ("tasks.tweets.colour", "red", r"tasks\.tweets\.colour: unknown key"),
+        ("pipeline.tasks", ["tweets", "nope"], r"pipeline\.tasks names \['nope'\] not defined"),
+        ("pipeline.tasks", [], r"pipeline\.tasks: .*at least 1"),
+        ("pipeline.tasks", ["tweets", "tweets"], r"pipeline\.tasks: task names must be unique"),
+        ("embed.batch_size", 0, r"embed\.batch_size: .*greater than or equal to 1"),
+        ("embed.dtype", "int8", r"embed\.dtype"),
+        ("embed.device", "tpu", r"embed\.device"),
+        ("isotropy.split", "validation", r"isotropy\.split"),
+        ("isotropy.top_k", [0, 5], r"isotropy\.top_k: top_k must be distinct integers >= 1"),
+        ("tracking.enabled", "maybe", r"tracking\.enabled"),
+        ("modle", {"name": "x"}, r"modle: unknown key"),
+        ("pipeline", KeyError, r"pipeline: Field required"),
+    ],
+)
+def test_bad_params_name_the_key(path, value, expected):
+    with pytest.raises(IsoprobeError, match=expected):
+        parse_params(with_change(path, value), "params.yaml")
+
+
+def test_bad_task_name():
+    data = copy.deepcopy(BASE)
+    data["tasks"]["bad/name"] = data["tasks"]["tweets"]
+    with pytest.raises(IsoprobeError, match="task name 'bad/name'"):
+        parse_params(data)
+
+
+def test_missing_file_and_bad_yaml(tmp_path):
+    with pytest.raises(IsoprobeError, match="params file not found"):
+        load_params(tmp_path / "nope.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("model: [unclosed\n")
+    with pytest.raises(IsoprobeError, match="not valid YAML"):
+        load_params(bad)
+    bad.write_text("- a list\n")
+    with pytest.raises(IsoprobeError, match="expected a mapping"):
+        load_params(bad)
+
+
+def test_check_command_exit_codes(tmp_path):
+    ok = subprocess.run(
+        [sys.executable, "-m", "isoprobe", "check", "--params", str(REPO / "params.yaml")],
+        capture_output=True,
+        text=True,
+    )
+    assert ok.returncode == 0 and "ok" in ok.stdout
+    bad = tmp_path / "p.yaml"
+    bad.write_text(yaml.safe_dump(with_change("embed.batch_size", -3)))
+    res = subprocess.run(
+        [sys.executable, "-m", "isoprobe", "check", "--params", str(bad)],
+        capture_output=True,
+        text=True,
+    )
+    assert res.returncode == 2
+    assert "embed.batch_size" in res.stderr and "-3" in res.stderr

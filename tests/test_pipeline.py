@@ -1,0 +1,253 @@
+"""End to end: the real DVC stages on the embedded model and corpus, a few dozen rows, in a copy of
+the repository (git-initialised, its own DVC cache and MLflow store)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from conftest import REPO, SHARED, requires_shared
+
+pytestmark = pytest.mark.e2e
+
+DVC = str(Path(sys.executable).with_name("dvc"))
+SMALL = {"train": 40, "dev": 12, "test": 12}
+
+
+def small_params() -> dict:
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    params["pipeline"]["tasks"] = ["tweets"]
+    for task in params["tasks"].values():
+        task["max_rows"] = dict(SMALL)
+    params["embed"].update(batch_size=16, max_length=64)
+    params["isotropy"]["heatmap_dims"] = 8
+    return params
+
+
+def write_params(repo: Path, params: dict) -> None:
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+
+
+def sh(repo: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "DVC_"))}
+    env.update(
+        HF_HUB_OFFLINE="1",
+        HF_DATASETS_OFFLINE="1",
+        PATH=f"{Path(sys.executable).parent}:{env['PATH']}",
+    )
+    res = subprocess.run(list(args), cwd=repo, env=env, capture_output=True, text=True, timeout=900)
+    if check and res.returncode != 0:
+        raise AssertionError(
+            f"{' '.join(args)} failed ({res.returncode}):\n{res.stdout[-3000:]}\n{res.stderr[-3000:]}"
+        )
+    return res
+
+
+@pytest.fixture(scope="module")
+def repo(tmp_path_factory) -> Path:
+    """A copy of the project's tracked files, beside a link to ../shared like the real checkout."""
+    base = tmp_path_factory.mktemp("e2e")
+    dest = base / "repo"
+    files = subprocess.run(
+        ["git", "ls-files", "--cached", "--others", "--exclude-standard", "-z"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split("\0")
+    for f in filter(None, files):
+        src = REPO / f
+        if src.is_file() and not f.startswith(("metrics/", "plots/")) and f != "dvc.lock":
+            (dest / f).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(src, dest / f)
+    if SHARED.is_dir():
+        (base / "shared").symlink_to(SHARED.parent)
+    write_params(dest, small_params())
+    sh(dest, "git", "init", "-q", "-b", "main")
+    sh(dest, "git", "-c", "user.name=t", "-c", "user.email=t@example.com", "add", "-A")
+    sh(dest, "git", "-c", "user.name=t", "-c", "user.email=t@example.com", "commit", "-qm", "copy")
+    sh(dest, DVC, "repro")
+    return dest
+
+
+def test_repro_outputs(repo):
+    meta = json.loads((repo / "data/prepared/tweets/meta.json").read_text())
+    assert meta["label_names"] == ["negative", "neutral", "positive"]
+    assert {s: c["rows"] for s, c in meta["counts"].items()} == SMALL
+    train = [
+        json.loads(line)
+        for line in (repo / "data/prepared/tweets/train.jsonl").read_text().splitlines()
+    ]
+    assert len(train) == 40 and set(train[0]) == {"id", "text_a", "text_b", "label"}
+
+    from isoprobe.embed import embedding_metadata, load_embeddings
+
+    for split, n in SMALL.items():
+        path = repo / f"data/embeddings/pretrained/tweets/{split}.safetensors"
+        cls = load_embeddings(path, "cls")
+        assert cls.shape == (7, n, 384) and np.isfinite(cls).all()
+        assert embedding_metadata(path)["model"] == "embedded:all-MiniLM-L6-v2"
+    info = json.loads((repo / "data/embeddings/pretrained/tweets/info.json").read_text())
+    assert info["device"] == "cpu" and info["splits"]["train"]["rows"] == 40
+
+    m = json.loads((repo / "metrics/isotropy/tweets/pretrained.json").read_text())
+    assert m["layer"] == 6 and len(m["layers"]) == 7 and m["n_rows"] == 40
+    assert m["layers"][-1]["isoscore"] == m["isoscore"] and 0 <= m["isoscore"] <= 1
+    # The embedding-layer [CLS] is the same vector for every input: fully anisotropic.
+    assert (
+        m["layers"][0]["mean_cosine"] == pytest.approx(1.0) and m["layers"][0]["isoscore"] is None
+    )
+    for png in ("std_hist", "std_sorted", "corr_heatmap", "abs_mean", "by_layer"):
+        assert (repo / f"plots/isotropy/tweets/pretrained/{png}.png").read_bytes()[:4] == b"\x89PNG"
+    assert not list(repo.rglob(".*.tmp-*")), "no temporary files left"
+
+
+def test_second_repro_is_a_no_op(repo):
+    out = sh(repo, DVC, "repro").stdout
+    assert "Data and pipelines are up to date" in out
+    assert "Running stage" not in out
+
+
+def test_metrics_and_plots_show(repo, tmp_path):
+    shown = sh(repo, DVC, "metrics", "show").stdout
+    assert "metrics/isotropy/tweets/pretrained.json" in shown and "isoscore" in shown
+    sh(repo, DVC, "plots", "show", "-o", str(tmp_path / "plots"))
+    html = (tmp_path / "plots" / "index.html").read_text()
+    assert "corr_heatmap.png" in html and "by_layer.png" in html  # image plots
+    assert (
+        "IsoScore (1 = isotropic)" in html and "dimension rank" in html
+    )  # data plots (axis titles)
+
+
+def test_mlflow_store_holds_the_isotropy_run(repo):
+    import mlflow
+
+    mlflow.set_tracking_uri(f"sqlite:///{repo}/mlflow.db")
+    runs = mlflow.search_runs(experiment_names=["isoprobe/tweets"], output_format="list")
+    assert runs, "no run logged"
+    r = runs[0]
+    assert r.info.status == "FINISHED" and r.info.run_name == "isotropy-pretrained"
+    assert r.data.tags["dvc_stage"] == "isotropy@tweets" and r.data.tags["task"] == "tweets"
+    assert len(r.data.tags["git_commit"]) == 40
+    m = json.loads((repo / "metrics/isotropy/tweets/pretrained.json").read_text())
+    assert r.data.metrics["isoscore"] == pytest.approx(m["isoscore"])
+    assert m["mlflow_run_id"] == r.info.run_id
+    client = mlflow.tracking.MlflowClient()
+    history = client.get_metric_history(r.info.run_id, "mean_cosine")
+    assert sorted(h.step for h in history) == list(range(7))
+
+
+def csv_file(repo: Path, name: str, text: str) -> str:
+    (repo / name).write_text(text)
+    return f"csv:{name}"
+
+
+ROWS = "".join(
+    f"text number {i} is {'good' if i % 2 else 'bad'},{'pos' if i % 2 else 'neg'}\n"
+    for i in range(40)
+)
+
+
+@pytest.mark.parametrize(
+    ("case", "stage_out", "expected"),
+    [
+        (
+            "unknown model",
+            "data/embeddings/pretrained/tweets",
+            "model.name: cannot load 'no-such-org/no-such-model'",
+        ),
+        (
+            "missing data directory",
+            "data/prepared/tweets",
+            "GLUE directory not found: ../nowhere/RTE",
+        ),
+        (
+            "csv without label column",
+            "data/prepared/tweets",
+            "column 'label' not found in no_label.csv",
+        ),
+        (
+            "label outside the label set",
+            "data/prepared/tweets",
+            "label 'meh' in column 'label' is not in the label set",
+        ),
+        ("empty split", "data/prepared/tweets", "the dev split is empty"),
+        (
+            "unknown source scheme",
+            "data/prepared/tweets",
+            "tasks.tweets.source: unknown source scheme 'ftp'",
+        ),
+    ],
+)
+def test_bad_input_stops_cleanly(repo, case, stage_out, expected):
+    params = small_params()
+    task = params["tasks"]["tweets"]
+    if case == "unknown model":
+        params["model"]["name"] = "no-such-org/no-such-model"
+    elif case == "missing data directory":
+        task["source"] = "glue_tsv:../nowhere/RTE"
+    elif case == "csv without label column":
+        task.update(
+            source=csv_file(repo, "no_label.csv", "text,sentiment\n" + ROWS),
+            label_column=None,
+            text_columns=None,
+        )
+    elif case == "label outside the label set":
+        task.update(
+            source=csv_file(repo, "extra_label.csv", "text,label\n" + ROWS + "odd one,meh\n"),
+            labels=["neg", "pos"],
+        )
+    elif case == "empty split":
+        task.update(
+            source=csv_file(repo, "tiny.csv", "text,label\n" + ROWS[:200]),
+            max_rows={"train": None, "dev": None, "test": None},
+        )
+        task["split"] = {"dev": 0.05, "test": 0.2}
+    elif case == "unknown source scheme":
+        task["source"] = "ftp:example/data.csv"
+    write_params(repo, params)
+    try:
+        res = sh(repo, DVC, "repro", check=False)
+        assert res.returncode != 0
+        errors = [line for line in res.stderr.splitlines() if line.startswith("isoprobe: error:")]
+        assert len(errors) == 1, res.stderr[-2000:]
+        assert expected in errors[0]
+        assert not (repo / stage_out).exists(), "a failed stage left its output"
+        assert not list((repo / "data").rglob(".*.tmp-*")), "temporary files left"
+        assert "Traceback" not in res.stderr
+    finally:
+        write_params(repo, small_params())
+
+
+@requires_shared
+def test_exp_run_switches_task_source_and_task(repo):
+    sh(repo, DVC, "exp", "run", "-S", "tasks.tweets.source=glue_tsv:../shared/data/glue/RTE")
+    meta = json.loads((repo / "data/prepared/tweets/meta.json").read_text())
+    assert meta["pair"] is True and meta["label_names"] == ["entailment", "not_entailment"]
+    assert meta["counts"]["test"]["rows"] == SMALL["test"]
+    assert (
+        json.loads((repo / "metrics/isotropy/tweets/pretrained.json").read_text())["n_rows"] == 40
+    )
+
+    sh(
+        repo,
+        DVC,
+        "exp",
+        "run",
+        "-S",
+        "pipeline.tasks=[trec]",
+        "-S",
+        "tasks.tweets.source=embedded:tweets",
+    )
+    meta = json.loads((repo / "data/prepared/trec/meta.json").read_text())
+    assert meta["label_names"] == ["ABBR", "DESC", "ENTY", "HUM", "LOC", "NUM"]
+    assert (repo / "metrics/isotropy/trec/pretrained.json").is_file()
+    write_params(repo, small_params())
