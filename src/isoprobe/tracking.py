@@ -17,20 +17,7 @@ from typing import Any
 
 from isoprobe.config import TrackingConfig
 from isoprobe.errors import IsoprobeError
-
-
-def find_repo_root(start: str | Path | None = None) -> Path:
-    """The folder holding `.dvc` (or `.git`) above `start`; for a DVC experiment copy under
-    `<root>/.dvc/tmp/exps/`, the original `<root>`."""
-    here = Path(start or os.getcwd()).resolve()
-    parts = here.parts
-    for i in range(len(parts) - 2):
-        if parts[i : i + 3] == (".dvc", "tmp", "exps"):
-            return Path(*parts[:i])
-    for d in (here, *here.parents):
-        if (d / ".dvc").is_dir() or (d / ".git").exists():
-            return d
-    return here
+from isoprobe.paths import find_repo_root
 
 
 def tracking_uri(cfg: TrackingConfig, root: Path) -> str:

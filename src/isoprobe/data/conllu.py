@@ -7,6 +7,7 @@ from pathlib import Path
 from isoprobe.config import TaskConfig
 from isoprobe.data.raw import RawData, Tally, read_lines
 from isoprobe.errors import IsoprobeError
+from isoprobe.paths import data_path
 
 UPOS = (
     "ADJ",
@@ -60,7 +61,7 @@ def parse_conllu(path: Path, lines: list[str], tally: Tally) -> list[dict]:
 
 
 def read_conllu(task: TaskConfig, key: str) -> RawData:
-    path = Path(task.argument)
+    path = data_path(task.argument)
     if not path.is_file():
         raise IsoprobeError(f"{key}.source: CoNLL-U file not found: {path}")
     tally = Tally()

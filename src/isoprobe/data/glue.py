@@ -14,6 +14,7 @@ from isoprobe.config import TaskConfig
 from isoprobe.data.raw import RawData, Tally
 from isoprobe.data.table import read_table, table_rows
 from isoprobe.errors import IsoprobeError
+from isoprobe.paths import data_path
 
 
 @dataclass(frozen=True)
@@ -69,7 +70,7 @@ def glue_layout(directory: Path, key: str = "source") -> tuple[str, GlueLayout]:
 
 
 def read_glue(task: TaskConfig, key: str) -> RawData:
-    directory = Path(task.argument)
+    directory = data_path(task.argument)
     if not directory.is_dir():
         raise IsoprobeError(f"{key}.source: GLUE directory not found: {directory}")
     name, layout = glue_layout(directory, f"{key}.source")

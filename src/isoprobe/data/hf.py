@@ -10,6 +10,7 @@ from __future__ import annotations
 from isoprobe.config import TaskConfig
 from isoprobe.data.raw import RawData, Tally
 from isoprobe.errors import IsoprobeError
+from isoprobe.paths import data_path
 
 SPLIT_NAMES = {"train": ("train",), "dev": ("validation", "dev", "valid"), "test": ("test",)}
 # Text columns of well-known hub data sets when the task names none.
@@ -45,6 +46,8 @@ def read_hf(task: TaskConfig, key: str) -> RawData:
     except ImportError as err:  # pragma: no cover - a declared dependency
         raise IsoprobeError("the hf: source needs the `datasets` package") from err
     name, config = parse_hf_argument(task.argument)
+    if data_path(name).exists():  # a local folder of data files
+        name = str(data_path(name))
     try:
         dd = datasets.load_dataset(name, config)
     except Exception as err:  # datasets raises many types for a missing or unreachable set

