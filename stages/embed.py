@@ -3,10 +3,11 @@ data/embeddings/pretrained/<task>/<split>.safetensors (per-layer [CLS] and mean 
 vectors for token tasks) and info.json (model, device, throughput, truncation counts)."""
 
 import platform
-import time
 
 from isoprobe.config import SPLITS, load_params
 from isoprobe.stage import offline_if_local, run_stage, task_arguments
+
+ENCODER = "pretrained"
 
 
 def main() -> None:
@@ -20,7 +21,7 @@ def main() -> None:
 
     from isoprobe.data.prepare import load_meta, load_split
     from isoprobe.device import pick_device
-    from isoprobe.embed import encode_rows, save_embeddings
+    from isoprobe.embed import embed_splits
     from isoprobe.io import atomic_dir, write_json
     from isoprobe.models import load_encoder, resolve_model
     from isoprobe.paths import embeddings_dir, prepared_dir
@@ -32,54 +33,20 @@ def main() -> None:
     device = pick_device(cfg.device, cfg.num_threads)
     encoder.to(device)
     max_length = cfg.word_max_length if meta["kind"] == "token" else cfg.max_length
-    stats = {}
-    with atomic_dir(embeddings_dir(args.task)) as tmp:
-        for split, rows in splits.items():
-            t0 = time.perf_counter()
-            arrays = encode_rows(
-                encoder,
-                tokenizer,
-                rows,
-                kind=meta["kind"],
-                batch_size=cfg.batch_size,
-                max_length=max_length,
-                device=device,
-                progress=not args.no_progress,
-                desc=f"embed {args.task}/{split}",
-            )
-            seconds = time.perf_counter() - t0
-            save_embeddings(
-                tmp / f"{split}.safetensors",
-                arrays,
-                {
-                    "model": params.model.name,
-                    "task": args.task,
-                    "split": split,
-                    "encoder": "pretrained",
-                    "kind": meta["kind"],
-                    "rows": len(rows),
-                    "layers": arrays["cls"].shape[0],
-                    "hidden_size": arrays["cls"].shape[2],
-                    "max_length": max_length,
-                },
-                dtype=cfg.dtype,
-            )
-            stats[split] = {
-                "rows": len(rows),
-                "seconds": round(seconds, 3),
-                "rows_per_second": round(len(rows) / seconds, 1),
-                "mean_tokens": round(float(arrays["n_tokens"].mean()), 2),
-                "truncated_rows": int(arrays["truncated"].sum()),
-            }
-            if "word_valid" in arrays:
-                stats[split]["words"] = int(len(arrays["word_valid"]))
-                stats[split]["words_cut_by_max_length"] = int((arrays["word_valid"] == 0).sum())
-            print(f"embed {args.task}/{split}: {stats[split]}")
+    with atomic_dir(embeddings_dir(args.task, ENCODER)) as tmp:
+        stats = embed_splits(
+            encoder, tokenizer, splits, tmp, kind=meta["kind"], batch_size=cfg.batch_size,
+            max_length=max_length, dtype=cfg.dtype, device=device, progress=not args.no_progress,
+            metadata={"model": params.model.name, "task": args.task, "encoder": ENCODER},
+        )  # fmt: skip
+        for split, s in stats.items():
+            print(f"embed {args.task}/{split}: {s}")
         write_json(
             tmp / "info.json",
             {
                 "model": {k: v for k, v in info.items() if k != "missing_keys"},
                 "task": args.task,
+                "encoder": ENCODER,
                 "max_length": max_length,
                 "batch_size": cfg.batch_size,
                 "dtype": cfg.dtype,

@@ -167,3 +167,48 @@ def load_embeddings(path: str | Path, key: str = "cls", layer: int | None = None
 def embedding_metadata(path: str | Path) -> dict[str, str]:
     with safe_open(str(path), framework="numpy") as f:
         return dict(f.metadata() or {})
+
+
+def embed_splits(
+    encoder: torch.nn.Module,
+    tokenizer,
+    splits: dict[str, list[dict]],
+    out_dir: Path,
+    *,
+    kind: str,
+    batch_size: int,
+    max_length: int,
+    dtype: str,
+    metadata: dict[str, str],
+    device: torch.device,
+    progress: bool = True,
+) -> dict[str, dict]:
+    """Embed every split into `out_dir/<split>.safetensors`; return per-split statistics
+    (rows, seconds, rows per second, mean tokens, truncated rows, words cut by max_length)."""
+    import time
+
+    stats = {}
+    for split, rows in splits.items():
+        t0 = time.perf_counter()
+        arrays = encode_rows(
+            encoder, tokenizer, rows, kind=kind, batch_size=batch_size, max_length=max_length,
+            device=device, progress=progress, desc=f"embed {metadata.get('task', '')}/{split}",
+        )  # fmt: skip
+        seconds = time.perf_counter() - t0
+        meta = {
+            **metadata, "split": split, "kind": kind, "rows": len(rows), "layers": arrays["cls"].shape[0],
+            "hidden_size": arrays["cls"].shape[2], "max_length": max_length,
+        }  # fmt: skip
+        save_embeddings(out_dir / f"{split}.safetensors", arrays, meta, dtype=dtype)
+        s = {
+            "rows": len(rows),
+            "seconds": round(seconds, 3),
+            "rows_per_second": round(len(rows) / seconds, 1),
+            "mean_tokens": round(float(arrays["n_tokens"].mean()), 2),
+            "truncated_rows": int(arrays["truncated"].sum()),
+        }
+        if "word_valid" in arrays:
+            s["words"] = len(arrays["word_valid"])
+            s["words_cut_by_max_length"] = int((arrays["word_valid"] == 0).sum())
+        stats[split] = s
+    return stats
