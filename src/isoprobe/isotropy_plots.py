@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import textwrap
 from pathlib import Path
 
 import matplotlib
@@ -11,6 +12,10 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from isoprobe.io import atomic_file  # noqa: E402
+
+
+def _title(ax, text: str, width: int = 60) -> None:
+    ax.set_title(textwrap.fill(text, width), fontsize=8)
 
 
 def _save(fig, path: Path) -> None:
@@ -26,7 +31,7 @@ def std_histogram(std: np.ndarray, path: Path, title: str) -> None:
     ax.axvline(np.median(std), color="black", linestyle="--", label=f"median {np.median(std):.3g}")
     ax.set_xlabel("standard deviation of a dimension (embedding units)")
     ax.set_ylabel("number of dimensions")
-    ax.set_title(title, fontsize=9)
+    _title(ax, title)
     ax.legend(fontsize=8)
     _save(fig, path)
 
@@ -38,7 +43,7 @@ def std_sorted(std: np.ndarray, path: Path, title: str) -> None:
     ax.set_yscale("log")
     ax.set_xlabel("dimension rank (by standard deviation)")
     ax.set_ylabel("standard deviation (log scale)")
-    ax.set_title(title, fontsize=9)
+    _title(ax, title)
     ax.grid(True, which="both", color="0.85", linewidth=0.5)
     _save(fig, path)
 
@@ -50,7 +55,7 @@ def correlation_heatmap(corr: np.ndarray, std: np.ndarray, k: int, path: Path, t
     im = ax.imshow(np.abs(c), cmap="Greys", vmin=0, vmax=1, interpolation="nearest")
     ax.set_xlabel(f"dimension (top {k} by std, descending)")
     ax.set_ylabel(f"dimension (top {k} by std, descending)")
-    ax.set_title(title, fontsize=9)
+    _title(ax, title)
     fig.colorbar(im, ax=ax, label="|Pearson correlation|")
     _save(fig, path)
 
@@ -61,7 +66,7 @@ def abs_mean(mean: np.ndarray, std: np.ndarray, path: Path, title: str) -> None:
     ax.plot(np.arange(len(std)), std, color="0.6", linewidth=0.8, linestyle="-", label="std")
     ax.set_xlabel("dimension index")
     ax.set_ylabel("embedding units")
-    ax.set_title(title, fontsize=9)
+    _title(ax, title)
     ax.legend(fontsize=8)
     _save(fig, path)
 
