@@ -74,6 +74,43 @@ def with_change(path: str, value):
         ("isotropy.top_k", [0, 5], r"isotropy\.top_k: top_k must be distinct integers >= 1"),
         ("tracking.enabled", "maybe", r"tracking\.enabled"),
         ("modle", {"name": "x"}, r"modle: unknown key"),
+        (
+            "finetune.methods",
+            ["baseline", "dropnorm"],
+            r"finetune\.methods\.1: Input should be 'baseline'",
+        ),
+        ("finetune.methods", ["isobn", "isobn"], r"finetune\.methods: entries must be unique"),
+        ("finetune.train.lr", -1e-5, r"finetune\.train\.lr: Input should be greater than 0"),
+        (
+            "finetune.train.batch_size",
+            0,
+            r"finetune\.train\.batch_size: .*greater than or equal to 2",
+        ),
+        ("finetune.train.dropout", 1.0, r"finetune\.train\.dropout: Input should be less than 1"),
+        ("finetune.train.pooling", "max", r"finetune\.train\.pooling"),
+        ("finetune.seeds", [0, "one"], r"finetune\.seeds: seeds must be integers, got 'one'"),
+        ("finetune.seeds", [0, 1.5], r"finetune\.seeds: seeds must be integers, got 1\.5"),
+        ("finetune.seeds", [], r"finetune\.seeds"),
+        (
+            "finetune.tasks",
+            ["sst2"],
+            r"finetune\.tasks names \['sst2'\] that pipeline\.tasks does not prepare",
+        ),
+        (
+            "finetune.heads.isobn.momentum",
+            0,
+            r"finetune\.heads\.isobn\.momentum: Input should be greater than 0",
+        ),
+        (
+            "finetune.heads.isobn.momentum",
+            1.5,
+            r"finetune\.heads\.isobn\.momentum: Input should be less than or equal to 1",
+        ),
+        (
+            "finetune.heads.baseline",
+            {"eps": 1},
+            r"finetune\.heads\.baseline: baseline takes no options",
+        ),
         ("pipeline", KeyError, r"pipeline: Field required"),
     ],
 )

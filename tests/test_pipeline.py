@@ -29,6 +29,8 @@ def small_params() -> dict:
         task["max_rows"] = dict(SMALL)
     params["embed"].update(batch_size=16, max_length=64)
     params["isotropy"]["heatmap_dims"] = 8
+    params["finetune"].update(methods=["baseline", "isobn"], seeds=[0])
+    params["finetune"]["train"].update(epochs=1, batch_size=8, max_length=32)
     return params
 
 
@@ -131,8 +133,12 @@ def test_mlflow_store_holds_the_isotropy_run(repo):
     import mlflow
 
     mlflow.set_tracking_uri(f"sqlite:///{repo}/mlflow.db")
-    runs = mlflow.search_runs(experiment_names=["isoprobe/tweets"], output_format="list")
-    assert runs, "no run logged"
+    runs = mlflow.search_runs(
+        experiment_names=["isoprobe/tweets"],
+        filter_string="tags.stage = 'isotropy'",
+        output_format="list",
+    )
+    assert len(runs) == 1, "one isotropy run"
     r = runs[0]
     assert r.info.status == "FINISHED" and r.info.run_name == "isotropy-pretrained"
     assert r.data.tags["dvc_stage"] == "isotropy@tweets" and r.data.tags["task"] == "tweets"
@@ -143,6 +149,57 @@ def test_mlflow_store_holds_the_isotropy_run(repo):
     client = mlflow.tracking.MlflowClient()
     history = client.get_metric_history(r.info.run_id, "mean_cosine")
     assert sorted(h.step for h in history) == list(range(7))
+
+
+def test_finetune_outputs_and_runs(repo):
+    for method in ("baseline", "isobn"):
+        m = json.loads((repo / f"metrics/finetune/tweets/{method}/0.json").read_text())
+        assert m["status"] == "ok" and m["best_epoch"] == 1 and 0 <= m["test"]["accuracy"] <= 1
+        assert set(m["grad"]) == {"grad_cls", "grad_head", "grad_total"}
+        folder = repo / f"models/tweets/{method}/0"
+        assert (folder / "model.safetensors").is_file() and (folder / "head.safetensors").is_file()
+        steps = (repo / f"plots/finetune/tweets/{method}/0.csv").read_text().splitlines()
+        assert steps[0].startswith("step,epoch,loss") and len(steps) == m["steps"] + 1
+        post = json.loads((repo / f"metrics/isotropy/tweets/{method}/0.json").read_text())
+        assert len(post["layers"]) == 7 and "isoscore" in post["head_input"]
+
+    from isoprobe.embed import load_embeddings
+
+    head_input = load_embeddings(
+        repo / "data/embeddings/finetuned/isobn/0/tweets/test.safetensors", "head_input"
+    )
+    assert head_input.shape == (SMALL["test"], 384)
+
+    import mlflow
+
+    mlflow.set_tracking_uri(f"sqlite:///{repo}/mlflow.db")
+    runs = mlflow.search_runs(
+        experiment_names=["isoprobe/tweets"],
+        filter_string="tags.stage = 'finetune'",
+        output_format="list",
+    )
+    by_name = {r.info.run_name: r for r in runs}
+    assert {"baseline-s0", "isobn-s0"} <= set(by_name)
+    a, b = by_name["baseline-s0"], by_name["isobn-s0"]
+    assert set(a.data.params) == set(b.data.params) and {"task", "method", "seed", "lr"} <= set(
+        a.data.params
+    )
+    assert {"test_accuracy", "dev_accuracy", "grad_cls_max", "iso_isoscore"} <= set(a.data.metrics)
+    assert set(a.data.metrics) == set(b.data.metrics)
+    assert a.data.tags["method"] == "baseline" and a.info.status == "FINISHED"
+
+
+def test_only_affected_stages_rerun(repo):
+    params = small_params()
+    params["finetune"]["seeds"] = [0, 1]
+    write_params(repo, params)
+    try:
+        out = sh(repo, DVC, "repro").stdout
+        assert "Running stage 'finetune@tweets-baseline-1'" in out
+        assert "Running stage 'finetune@tweets-baseline-0'" not in out
+        assert "Running stage 'embed@tweets'" not in out
+    finally:
+        write_params(repo, small_params())
 
 
 def csv_file(repo: Path, name: str, text: str) -> str:
@@ -233,21 +290,15 @@ def test_exp_run_switches_task_source_and_task(repo):
     meta = json.loads((repo / "data/prepared/tweets/meta.json").read_text())
     assert meta["pair"] is True and meta["label_names"] == ["entailment", "not_entailment"]
     assert meta["counts"]["test"]["rows"] == SMALL["test"]
-    assert (
-        json.loads((repo / "metrics/isotropy/tweets/pretrained.json").read_text())["n_rows"] == 40
-    )
+    iso = json.loads((repo / "metrics/isotropy/tweets/pretrained.json").read_text())
+    assert iso["n_rows"] == 40
+    ft = json.loads((repo / "metrics/finetune/tweets/isobn/0.json").read_text())
+    assert ft["metric"] == "accuracy" and ft["status"] == "ok"
 
-    sh(
-        repo,
-        DVC,
-        "exp",
-        "run",
-        "-S",
-        "pipeline.tasks=[trec]",
-        "-S",
-        "tasks.tweets.source=embedded:tweets",
-    )
+    sh(repo, DVC, "exp", "run", "-S", "pipeline.tasks=[trec]", "-S", "finetune.tasks=[trec]")
     meta = json.loads((repo / "data/prepared/trec/meta.json").read_text())
     assert meta["label_names"] == ["ABBR", "DESC", "ENTY", "HUM", "LOC", "NUM"]
     assert (repo / "metrics/isotropy/trec/pretrained.json").is_file()
+    assert (repo / "metrics/finetune/trec/baseline/0.json").is_file()
     write_params(repo, small_params())
+    sh(repo, DVC, "repro")  # back to the tweets outputs for the tests after this one

@@ -418,3 +418,16 @@ def test_load_missing_prepared_task(tmp_path):
     with pytest.raises(IsoprobeError) as ei:
         load_split(tmp_path / "nothing", "train")
     assert str(tmp_path / "nothing" / "train.jsonl") in str(ei.value)
+
+
+def test_numeric_labels_on_a_classification_task_are_refused(tmp_path):
+    """A regression target read with a classification head (STS-B scores as classes) stops cleanly."""
+    lines = ["text,label"] + [f"sentence number {i},{(i % 50) / 10 + 0.05:.2f}" for i in range(200)]
+    (tmp_path / "scores.csv").write_text("\n".join(lines) + "\n")
+    task = TaskConfig(source=f"csv:{tmp_path / 'scores.csv'}", label_type="classification")
+    with pytest.raises(
+        IsoprobeError, match="regression target, not classes; set tasks.s.label_type: regression"
+    ):
+        prepare_task(read_source(task, "tasks.s"), task, "s")
+    task = TaskConfig(source=f"csv:{tmp_path / 'scores.csv'}", label_type="regression")
+    assert prepare_task(read_source(task, "tasks.s"), task, "s").meta["metric"] == "correlation"

@@ -67,6 +67,7 @@ class TaskConfig(Strict):
     max_rows: MaxRows = MaxRows()
     dedupe: bool = True
     invalid_rows: Literal["drop", "fail"] = "drop"
+    metric: Literal["accuracy", "mcc", "f1", "correlation"] | None = None
     seed: int = 0
 
     @field_validator("source")
@@ -137,6 +138,99 @@ class IsotropyConfig(Strict):
         return sorted(v)
 
 
+class TrainConfig(Strict):
+    """Fine-tuning hyper-parameters shared by every (task, method, seed)."""
+
+    lr: float = Field(5e-5, gt=0, le=1)
+    batch_size: int = Field(32, ge=2)
+    eval_batch_size: int = Field(128, ge=1)
+    epochs: int = Field(3, ge=1)
+    max_length: int = Field(128, ge=4, le=8192)
+    weight_decay: float = Field(0.01, ge=0)
+    warmup_ratio: float = Field(0.06, ge=0, lt=1)
+    grad_clip: float | None = Field(1.0, gt=0)
+    dropout: float = Field(0.1, ge=0, lt=1)
+    pooling: Literal["cls", "pooler", "mean"] = "cls"
+    num_threads: int = Field(0, ge=0)
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    log_weights: bool = False
+
+
+class BatchNormOptions(Strict):
+    momentum: float = Field(0.1, gt=0, le=1)
+    eps: float = Field(1e-5, gt=0)
+
+
+class HeadsConfig(Strict):
+    """Hyper-parameters of each [CLS] treatment (see isoprobe.heads)."""
+
+    baseline: dict[str, Any] = Field(default_factory=dict)
+    layernorm: dict[str, float] = Field(default_factory=lambda: {"eps": 1e-12})
+    batchnorm: BatchNormOptions = BatchNormOptions()
+    standardize: BatchNormOptions = BatchNormOptions()
+    isobn: IsoBNOptions = Field(default_factory=lambda: IsoBNOptions())
+    whiten: WhitenOptions = Field(default_factory=lambda: WhitenOptions())
+
+    @field_validator("baseline")
+    @classmethod
+    def _no_options(cls, v: dict) -> dict:
+        if v:
+            raise ValueError("baseline takes no options")
+        return v
+
+    @field_validator("layernorm")
+    @classmethod
+    def _ln(cls, v: dict) -> dict:
+        if set(v) - {"eps"} or not all(x > 0 for x in v.values()):
+            raise ValueError("layernorm takes only eps > 0")
+        return v
+
+    def options(self, method: str) -> dict[str, Any]:
+        value = getattr(self, method)
+        return dict(value) if isinstance(value, dict) else value.model_dump()
+
+
+class IsoBNOptions(Strict):
+    momentum: float = Field(0.05, gt=0, le=1)
+    beta: float = Field(0.5, ge=0)
+    eps: float = Field(1e-3, gt=0)
+
+
+class WhitenOptions(Strict):
+    momentum: float = Field(0.05, gt=0, le=1)
+    shrinkage: float = Field(0.1, ge=0, le=1)
+    eps: float = Field(1e-5, gt=0)
+
+
+METHODS = ("baseline", "layernorm", "batchnorm", "standardize", "isobn", "whiten")
+
+
+class FinetuneConfig(Strict):
+    tasks: list[str] = Field(default_factory=lambda: ["tweets"], min_length=1)
+    methods: list[
+        Literal["baseline", "layernorm", "batchnorm", "standardize", "isobn", "whiten"]
+    ] = Field(default_factory=lambda: list(METHODS), min_length=1)
+    seeds: list[int] = Field(default_factory=lambda: [0, 1], min_length=1)
+    train: TrainConfig = TrainConfig()
+    heads: HeadsConfig = Field(default_factory=lambda: HeadsConfig())
+
+    @field_validator("tasks", "methods", "seeds")
+    @classmethod
+    def _unique(cls, v: list) -> list:
+        if len(set(v)) != len(v):
+            raise ValueError("entries must be unique")
+        return v
+
+    @field_validator("seeds", mode="before")
+    @classmethod
+    def _integer_seeds(cls, v: Any) -> Any:
+        if isinstance(v, list):
+            for s in v:
+                if isinstance(s, bool) or not isinstance(s, int):
+                    raise ValueError(f"seeds must be integers, got {s!r}")
+        return v
+
+
 class TrackingConfig(Strict):
     enabled: bool = True
     uri: str | None = None
@@ -148,6 +242,7 @@ class Params(Strict):
     tasks: dict[str, TaskConfig] = Field(..., min_length=1)
     embed: EmbedConfig = EmbedConfig()
     isotropy: IsotropyConfig = IsotropyConfig()
+    finetune: FinetuneConfig = Field(default_factory=lambda: FinetuneConfig())
     tracking: TrackingConfig = TrackingConfig()
 
     @field_validator("tasks")
@@ -166,6 +261,16 @@ class Params(Strict):
         if missing:
             raise ValueError(
                 f"pipeline.tasks names {missing} not defined under tasks; defined: {sorted(self.tasks)}"
+            )
+        outside = [t for t in self.finetune.tasks if t not in self.pipeline.tasks]
+        if outside:
+            raise ValueError(
+                f"finetune.tasks names {outside} that pipeline.tasks does not prepare; pipeline.tasks: {self.pipeline.tasks}"
+            )
+        token = [t for t in self.finetune.tasks if self.tasks[t].scheme == "conllu"]
+        if token:
+            raise ValueError(
+                f"finetune.tasks: {token} are token-level (conllu) tasks; fine-tuning needs sentence tasks"
             )
         return self
 

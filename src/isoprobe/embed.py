@@ -9,6 +9,8 @@ An embedding file (`<split>.safetensors`) has, with L transformer layers, N rows
 - token tasks only: `words`: [L+1, W, H], one vector per word (mean of its sub-words), `word_offsets`:
   [N+1] int64 (row i owns words word_offsets[i]:word_offsets[i+1]), `word_valid`: [W] uint8, 0 for words
   cut off by max_length (their vectors are NaN).
+- optional: `pooler` [N, H], the model's pooler output; `head_input` [N, H], for a fine-tuned model the
+  normalized vector its classifier sees (the head's normalizer applied to the pooled vector, eval mode).
 Rows are in the order of the prepared split. The header metadata says the model, layers and dtype.
 """
 
@@ -25,7 +27,7 @@ from isoprobe.device import autocast
 from isoprobe.errors import IsoprobeError
 from isoprobe.io import write_safetensors
 
-FLOAT_KEYS = ("cls", "mean", "words")
+FLOAT_KEYS = ("cls", "mean", "words", "pooler", "head_input")
 
 
 def _tokenize(tokenizer, rows: list[dict], kind: str, max_length: int):
@@ -58,6 +60,7 @@ def encode_rows(
     device: torch.device | None = None,
     progress: bool = True,
     desc: str = "embed",
+    pooler: bool = False,
 ) -> dict[str, np.ndarray]:
     """Run `encoder` over `rows` (prepared-split schema) in length-sorted, dynamically padded batches.
 
@@ -86,6 +89,8 @@ def encode_rows(
         words = np.full((n_layers, int(offsets[-1]), hidden), np.nan, dtype=np.float32)
         word_valid = np.zeros(int(offsets[-1]), dtype=np.uint8)
         out.update(words=words, word_offsets=offsets, word_valid=word_valid)
+    if pooler:
+        out["pooler"] = np.empty((n, hidden), dtype=np.float32)
     names = [k for k in tokenizer.model_input_names if k in enc]
     order = np.argsort(-lengths, kind="stable")
     encoder.eval()
@@ -96,7 +101,10 @@ def encode_rows(
             idx = order[start : start + batch_size]
             feats = tokenizer.pad([{k: enc[k][i] for k in names} for i in idx], return_tensors="pt")
             feats = {k: v.to(device) for k, v in feats.items()}
-            hs = torch.stack(encoder(**feats, output_hidden_states=True).hidden_states).float()
+            result = encoder(**feats, output_hidden_states=True)
+            hs = torch.stack(result.hidden_states).float()
+            if pooler:
+                out["pooler"][idx] = result.pooler_output.float().cpu().numpy()
             mask = feats["attention_mask"].to(hs.dtype)  # [B, T]
             cls[:, idx] = hs[:, :, 0].cpu().numpy()
             pooled = (hs * mask[None, :, :, None]).sum(2) / mask.sum(1)[None, :, None]
@@ -182,9 +190,12 @@ def embed_splits(
     metadata: dict[str, str],
     device: torch.device,
     progress: bool = True,
+    pooler: bool = False,
+    transform=None,
 ) -> dict[str, dict]:
     """Embed every split into `out_dir/<split>.safetensors`; return per-split statistics
-    (rows, seconds, rows per second, mean tokens, truncated rows, words cut by max_length)."""
+    (rows, seconds, rows per second, mean tokens, truncated rows, words cut by max_length).
+    `transform(arrays) -> arrays`, if given, adds arrays (e.g. the head input) before saving."""
     import time
 
     stats = {}
@@ -192,8 +203,10 @@ def embed_splits(
         t0 = time.perf_counter()
         arrays = encode_rows(
             encoder, tokenizer, rows, kind=kind, batch_size=batch_size, max_length=max_length,
-            device=device, progress=progress, desc=f"embed {metadata.get('task', '')}/{split}",
+            device=device, progress=progress, desc=f"embed {metadata.get('task', '')}/{split}", pooler=pooler,
         )  # fmt: skip
+        if transform is not None:
+            arrays = transform(arrays)
         seconds = time.perf_counter() - t0
         meta = {
             **metadata, "split": split, "kind": kind, "rows": len(rows), "layers": arrays["cls"].shape[0],

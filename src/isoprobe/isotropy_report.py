@@ -16,7 +16,7 @@ from isoprobe.io import atomic_dir, atomic_file, write_safetensors
 from isoprobe.isotropy import Isotropy
 
 
-def _finite(m: dict) -> dict:
+def finite(m: dict) -> dict:
     """JSON-ready metrics: NaN/inf (undefined for this cloud) become None."""
     return {k: (v if isinstance(v, float) and math.isfinite(v) else None) for k, v in m.items()}
 
@@ -34,7 +34,7 @@ class LayerIsotropy:
 def isotropy_by_layer(cls: np.ndarray, cfg: IsotropyConfig) -> LayerIsotropy:
     """Fit `Isotropy` on every layer of `cls` [L+1, N, H]."""
     fits = [Isotropy(cfg.top_k, cfg.corr_threshold).fit(cls[i]) for i in range(cls.shape[0])]
-    return LayerIsotropy(fits, [{"layer": i, **_finite(f.metrics_)} for i, f in enumerate(fits)])
+    return LayerIsotropy(fits, [{"layer": i, **finite(f.metrics_)} for i, f in enumerate(fits)])
 
 
 def report(result: LayerIsotropy, **context) -> dict:
@@ -77,14 +77,19 @@ def write_plots(result: LayerIsotropy, plot_dir: Path, heatmap_dims: int, title:
         plots.metrics_by_layer(
             result.layers, tmp / "by_layer.png", f"[CLS] isotropy by layer: {title}"
         )
-    with atomic_file(plot_dir.with_name(plot_dir.name + "_by_layer.csv")) as f:
-        keys = [k for k in result.layers[0] if k != "layer"]
-        w = csv.writer(f)
-        w.writerow(["layer", *keys])
-        for r in result.layers:
-            w.writerow([r["layer"], *("" if r[k] is None else f"{r[k]:.6g}" for k in keys)])
+    write_by_layer_csv(result, plot_dir.with_name(plot_dir.name + "_by_layer.csv"))
     with atomic_file(plot_dir.with_name(plot_dir.name + "_std_sorted.csv")) as f:
         w = csv.writer(f)
         w.writerow(["rank", "std"])
         for i, s in enumerate(np.sort(last.std_)[::-1], start=1):
             w.writerow([i, f"{s:.6g}"])
+
+
+def write_by_layer_csv(result: LayerIsotropy, path: Path) -> None:
+    """Every metric by layer (a DVC data plot)."""
+    with atomic_file(path) as f:
+        keys = [k for k in result.layers[0] if k != "layer"]
+        w = csv.writer(f)
+        w.writerow(["layer", *keys])
+        for r in result.layers:
+            w.writerow([r["layer"], *("" if r[k] is None else f"{r[k]:.6g}" for k in keys)])

@@ -16,7 +16,8 @@ def embeddings_dir(task: str, encoder: str = "pretrained") -> Path:
 
 
 def isotropy_metrics_file(task: str, encoder: str = "pretrained") -> Path:
-    return Path("metrics/isotropy") / task / f"{encoder.replace('/', '_')}.json"
+    """metrics/isotropy/<task>/pretrained.json, or .../<method>/<seed>.json for a fine-tuned encoder."""
+    return Path("metrics/isotropy") / task / f"{encoder.removeprefix('finetuned/')}.json"
 
 
 def isotropy_arrays_file(task: str, encoder: str = "pretrained") -> Path:
@@ -59,3 +60,20 @@ def data_path(arg: str | Path) -> Path:
     if original is not None and (original / path).exists():
         return original / path
     return path
+
+
+def model_dir(task: str, method: str, seed: int) -> Path:
+    return Path("models") / task / method / str(seed)
+
+
+def finetune_metrics_file(task: str, method: str, seed: int) -> Path:
+    return Path("metrics/finetune") / task / method / f"{seed}.json"
+
+
+def finetune_plot_file(task: str, method: str, seed: int) -> Path:
+    return Path("plots/finetune") / task / method / f"{seed}.csv"
+
+
+def finetuned_encoder(method: str, seed: int) -> str:
+    """The `encoder` label of a fine-tuned model, as used by embeddings_dir and the isotropy paths."""
+    return f"finetuned/{method}/{seed}"

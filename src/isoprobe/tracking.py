@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -63,6 +64,26 @@ class Tracker:
             clean = {k: float(v) for k, v in metrics.items() if v is not None and v == v}
             self._mlflow.log_metrics(clean, step=step)
 
+    def log_series(
+        self, rows: list[dict], step_key: str = "step", keys: list[str] | None = None
+    ) -> None:
+        """Per-step values as metric histories (one batched call per 1000 points)."""
+        if not self.enabled or not rows:
+            return
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        keys = keys or [k for k in rows[0] if k != step_key]
+        points = [
+            Metric(k, float(r[k]), now, int(r[step_key]))
+            for r in rows
+            for k in keys
+            if r.get(k) is not None and r[k] == r[k]
+        ]
+        client = self._mlflow.tracking.MlflowClient()
+        for i in range(0, len(points), 1000):
+            client.log_batch(self.run_id, metrics=points[i : i + 1000])
+
     def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
         if self.enabled:
             self._mlflow.log_artifact(str(path), artifact_path)
@@ -97,10 +118,12 @@ def tracked_run(
     run_name: str,
     tags: dict[str, Any] | None = None,
     root: str | Path | None = None,
+    run_id: str | None = None,
 ) -> Iterator[Tracker]:
     """Start an MLflow run in experiment `experiment`; it ends FINISHED, or FAILED on an exception.
 
-    Standard tags: git commit, DVC stage (DVC_STAGE), DVC experiment (DVC_EXP_NAME).
+    Standard tags: git commit, DVC stage (DVC_STAGE), DVC experiment (DVC_EXP_NAME). With `run_id`,
+    an existing run is resumed (to add what a later stage measured) and its tags are left alone.
     """
     if not cfg.enabled:
         yield Tracker(None, None)
@@ -126,6 +149,10 @@ def tracked_run(
         "dvc_exp_name": os.environ.get("DVC_EXP_NAME"),
         **(tags or {}),
     }
+    if run_id is not None:
+        with mlflow.start_run(run_id=run_id) as run:
+            yield Tracker(mlflow, run)
+        return
     with mlflow.start_run(experiment_id=exp_id, run_name=run_name) as run:
         tracker = Tracker(mlflow, run)
         tracker.set_tags(all_tags)

@@ -24,6 +24,7 @@ class GlueLayout:
     label_type: str
     labels: tuple[str, ...] | None
     dev_file: str = "dev.tsv"
+    metric: str = "accuracy"
     header: tuple[str, ...] | None = None  # None: the file has a header line
 
 
@@ -34,6 +35,7 @@ GLUE = {
         "label",
         "classification",
         ("0", "1"),
+        metric="mcc",
         header=("source", "label", "original_mark", "sentence"),
     ),
     "RTE": GlueLayout(
@@ -43,8 +45,12 @@ GLUE = {
     "QNLI": GlueLayout(
         ("question", "sentence"), "label", "classification", ("entailment", "not_entailment")
     ),
-    "MRPC": GlueLayout(("#1 String", "#2 String"), "Quality", "classification", ("0", "1")),
-    "QQP": GlueLayout(("question1", "question2"), "is_duplicate", "classification", ("0", "1")),
+    "MRPC": GlueLayout(
+        ("#1 String", "#2 String"), "Quality", "classification", ("0", "1"), metric="f1"
+    ),
+    "QQP": GlueLayout(
+        ("question1", "question2"), "is_duplicate", "classification", ("0", "1"), metric="f1"
+    ),
     "MNLI": GlueLayout(
         ("sentence1", "sentence2"),
         "gold_label",
@@ -52,7 +58,9 @@ GLUE = {
         ("contradiction", "entailment", "neutral"),
         dev_file="dev_matched.tsv",
     ),
-    "STS-B": GlueLayout(("sentence1", "sentence2"), "score", "regression", None),
+    "STS-B": GlueLayout(
+        ("sentence1", "sentence2"), "score", "regression", None, metric="correlation"
+    ),
 }
 ALIASES = {"SST2": "SST-2", "STSB": "STS-B", "STS_B": "STS-B", "SST_2": "SST-2"}
 
@@ -108,4 +116,5 @@ def read_glue(task: TaskConfig, key: str) -> RawData:
             "test": f"GLUE {name} {layout.dev_file} (official test is unlabeled)",
         },
         tally=tally,
+        metric=layout.metric,
     )

@@ -155,6 +155,21 @@ def _label_names(raw: RawData) -> list[str] | None:
     return sorted(seen)
 
 
+def _check_label_type(label_names: list[str] | None, raw: RawData, key: str) -> None:
+    """A classification task whose labels are many non-integer numbers is a regression task mislabelled."""
+    if label_names is None or len(label_names) <= 10:
+        return
+    try:
+        values = [float(n) for n in label_names]
+    except ValueError:
+        return
+    if any(v != int(v) for v in values):
+        raise IsoprobeError(
+            f"{key}: column '{raw.label_column}' holds {len(label_names)} distinct numeric labels "
+            f"(e.g. {label_names[:3]}): a regression target, not classes; set {key}.label_type: regression"
+        )
+
+
 def _final_row(r: dict, raw: RawData, index: dict[str, int] | None) -> dict:
     if raw.kind == "token":
         return {"id": r["origin"], "tokens": r["tokens"], "tags": [index[t] for t in r["tags"]]}
@@ -178,6 +193,13 @@ def prepare_task(raw: RawData, task: TaskConfig, name: str) -> PreparedTask:
     if task.dedupe and raw.kind == "sentence":
         raw.splits = {s: _dedupe(rows, raw.label_type, s, tally) for s, rows in raw.splits.items()}
     label_names = _label_names(raw)
+    _check_label_type(label_names, raw, key)
+    if (
+        task.metric == "correlation"
+        and raw.label_type != "regression"
+        or (task.metric in ("accuracy", "mcc", "f1") and raw.label_type == "regression")
+    ):
+        raise IsoprobeError(f"{key}.metric: '{task.metric}' does not fit a {raw.label_type} task")
     if label_names is not None and len(label_names) < 2:
         raise IsoprobeError(
             f"{key}: found {len(label_names)} label(s) {label_names}; a classification task needs >= 2"
@@ -206,6 +228,9 @@ def prepare_task(raw: RawData, task: TaskConfig, name: str) -> PreparedTask:
         "label_type": raw.label_type,
         "label_names": label_names,
         "num_labels": len(label_names) if label_names else 1,
+        "metric": task.metric
+        or raw.metric
+        or ("correlation" if raw.label_type == "regression" else "accuracy"),
         "text_columns": raw.text_columns,
         "label_column": raw.label_column,
         "pair": raw.kind == "sentence" and any(r["text_b"] is not None for r in final["train"]),

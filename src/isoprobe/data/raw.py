@@ -41,6 +41,7 @@ class RawData:
     tally: Tally = field(
         default_factory=lambda: Tally()
     )  # reader-level counts (fallback decoding, bad rows)
+    metric: str | None = None  # the source's customary metric (GLUE: mcc for CoLA, f1 for MRPC/QQP)
 
 
 def sha256_file(path: Path) -> str:

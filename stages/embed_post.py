@@ -1,0 +1,121 @@
+"""Stage `embed_post@<task>-<method>-<seed>`: embed every split with a fine-tuned encoder (same files
+and layout as the pre-trained ones, plus `head_input`: the normalized vector its classifier sees) and
+measure isotropy after fine-tuning.
+
+Writes data/embeddings/finetuned/<method>/<seed>/<task>/, metrics/isotropy/<task>/<method>/<seed>.json
+(per-layer [CLS] isotropy as for the pre-trained encoder, and `head_input` isotropy), and
+plots/isotropy/<task>/finetuned_<method>_<seed>_by_layer.csv; adds the isotropy metrics to the
+fine-tuning MLflow run."""
+
+import argparse
+
+from isoprobe.config import SPLITS, load_params
+from isoprobe.stage import offline_if_local, run_stage
+
+
+def arguments() -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__)
+    p.add_argument("task")
+    p.add_argument("method")
+    p.add_argument("seed", type=int)
+    p.add_argument("--params", default="params.yaml")
+    p.add_argument("--no-progress", action="store_true")
+    return p.parse_args()
+
+
+def main() -> None:
+    args = arguments()
+    params = load_params(args.params)
+    offline_if_local("embedded:")  # the fine-tuned model is a local folder
+
+    import numpy as np
+    import torch
+
+    from isoprobe import isotropy_report as iso
+    from isoprobe.classifier import load_head
+    from isoprobe.data.prepare import load_meta, load_split
+    from isoprobe.device import pick_device
+    from isoprobe.embed import embed_splits, load_embeddings
+    from isoprobe.io import atomic_dir, read_json, write_json
+    from isoprobe.isotropy import Isotropy
+    from isoprobe.models import load_encoder, resolve_model
+    from isoprobe.paths import (
+        embeddings_dir,
+        finetune_metrics_file,
+        finetuned_encoder,
+        isotropy_metrics_file,
+        isotropy_plots_dir,
+        model_dir,
+        prepared_dir,
+    )
+    from isoprobe.tracking import tracked_run
+
+    cfg = params.embed
+    folder = model_dir(args.task, args.method, args.seed)
+    encoder_label = finetuned_encoder(args.method, args.seed)
+    meta = load_meta(prepared_dir(args.task))
+    splits = {s: load_split(prepared_dir(args.task), s) for s in SPLITS}
+    encoder, tokenizer, _ = load_encoder(resolve_model(str(folder)))
+    head, head_cfg = load_head(folder)
+    device = pick_device(cfg.device, cfg.num_threads)
+    encoder.to(device)
+    pooling = head_cfg["pooling"]
+
+    def add_head_input(arrays: dict) -> dict:
+        pooled = {
+            "cls": lambda: arrays["cls"][-1],
+            "mean": lambda: arrays["mean"][-1],
+            "pooler": lambda: arrays["pooler"],
+        }[pooling]()
+        with torch.no_grad():
+            arrays["head_input"] = head.norm(torch.from_numpy(np.ascontiguousarray(pooled))).numpy()
+        return arrays
+
+    out_dir = embeddings_dir(args.task, encoder_label)
+    with atomic_dir(out_dir) as tmp:
+        stats = embed_splits(
+            encoder, tokenizer, splits, tmp, kind=meta["kind"], batch_size=cfg.batch_size,
+            max_length=cfg.max_length, dtype=cfg.dtype, device=device, progress=not args.no_progress,
+            metadata={"model": str(folder), "task": args.task, "encoder": encoder_label},
+            pooler=pooling == "pooler", transform=add_head_input,
+        )  # fmt: skip
+        write_json(
+            tmp / "info.json",
+            {
+                "model": str(folder),
+                "task": args.task,
+                "encoder": encoder_label,
+                "pooling": pooling,
+                "splits": stats,
+            },
+        )
+
+    icfg = params.isotropy
+    path = out_dir / f"{icfg.split}.safetensors"
+    result = iso.isotropy_by_layer(load_embeddings(path, "cls"), icfg)
+    normalized = Isotropy(icfg.top_k, icfg.corr_threshold).fit(load_embeddings(path, "head_input"))
+    context = {
+        "task": args.task, "encoder": encoder_label, "method": args.method, "seed": args.seed,
+        "model": params.model.name, "split": icfg.split,
+    }  # fmt: skip
+    report = iso.report(result, **context)
+    report["head_input"] = iso.finite(normalized.metrics_)
+    plot_dir = isotropy_plots_dir(args.task, encoder_label)
+    iso.write_by_layer_csv(result, plot_dir.with_name(plot_dir.name + "_by_layer.csv"))
+    metrics_path = isotropy_metrics_file(args.task, encoder_label)
+    ft_metrics = read_json(finetune_metrics_file(args.task, args.method, args.seed))
+    with tracked_run(
+        params.tracking, f"isoprobe/{args.task}", "", run_id=ft_metrics.get("mlflow_run_id")
+    ) as run:
+        run.log_metrics({f"iso_{k}": v for k, v in result.layers[-1].items() if k != "layer"})
+        run.log_metrics({f"iso_head_{k}": v for k, v in report["head_input"].items()})
+        write_json(metrics_path, report)
+        run.log_artifact(metrics_path, "metrics")
+    print(
+        f"embed_post {args.task}/{args.method}-s{args.seed}: [CLS] layer {report['layer']} isoscore "
+        f"{report['isoscore']:.3f}, head input isoscore {normalized.metrics_['isoscore']:.3f}"
+    )
+
+
+if __name__ == "__main__":
+    run_stage(main)

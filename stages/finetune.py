@@ -1,0 +1,137 @@
+"""Stage `finetune@<task>-<method>-<seed>`: fine-tune the encoder with one [CLS] treatment and seed.
+
+Writes models/<task>/<method>/<seed>/ (encoder and head in safetensors, config, tokenizer, head.json),
+metrics/finetune/<task>/<method>/<seed>.json (dev/test scores, best epoch, gradient-norm summary),
+plots/finetune/<task>/<method>/<seed>.csv (per-step loss and gradient norms), and one MLflow run
+`<method>-s<seed>` in experiment isoprobe/<task>."""
+
+import argparse
+
+from isoprobe.config import load_params
+from isoprobe.stage import offline_if_local, run_stage
+
+
+def arguments() -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__)
+    p.add_argument("task")
+    p.add_argument("method")
+    p.add_argument("seed", type=int)
+    p.add_argument("--params", default="params.yaml")
+    p.add_argument("--no-progress", action="store_true")
+    return p.parse_args()
+
+
+def main() -> None:
+    args = arguments()
+    params = load_params(args.params)
+    ft = params.finetune
+    from isoprobe.errors import IsoprobeError
+
+    if args.task not in ft.tasks or args.method not in ft.methods or args.seed not in ft.seeds:
+        raise IsoprobeError(
+            f"finetune: ({args.task}, {args.method}, {args.seed}) is not in finetune.tasks {ft.tasks} x "
+            f"finetune.methods {ft.methods} x finetune.seeds {ft.seeds}"
+        )
+    offline_if_local(params.model.name)
+
+    import torch
+    from accelerate import Accelerator
+
+    from isoprobe.classifier import EncoderClassifier, check_pooling, save_classifier
+    from isoprobe.data.prepare import load_meta, load_split
+    from isoprobe.device import pick_device
+    from isoprobe.finetune import finetune, gradient_summary, seed_everything
+    from isoprobe.finetune_outputs import flat_params, write_steps_csv
+    from isoprobe.heads import ClassifierHead
+    from isoprobe.io import atomic_dir, write_json
+    from isoprobe.models import load_encoder, resolve_model
+    from isoprobe.paths import finetune_metrics_file, finetune_plot_file, model_dir, prepared_dir
+    from isoprobe.tracking import tracked_run
+
+    cfg = ft.train
+    meta = load_meta(prepared_dir(args.task))
+    splits = {s: load_split(prepared_dir(args.task), s) for s in ("train", "dev", "test")}
+    device = pick_device(cfg.device, cfg.num_threads)
+    accelerator = Accelerator(
+        cpu=device.type == "cpu", mixed_precision="bf16" if device.type == "cuda" else "no"
+    )
+    seed_everything(args.seed)  # the head's initialisation is part of the seeded run
+    encoder, tokenizer, info = load_encoder(resolve_model(params.model.name, params.model.revision))
+    check_pooling(cfg.pooling, info)
+    regression = meta["label_type"] == "regression"
+    options = ft.heads.options(args.method)
+    head = ClassifierHead(
+        args.method,
+        info["hidden_size"],
+        1 if regression else meta["num_labels"],
+        cfg.dropout,
+        options,
+    )
+    model = EncoderClassifier(encoder, head, cfg.pooling)
+    run_name = f"{args.method}-s{args.seed}"
+    with tracked_run(
+        params.tracking,
+        f"isoprobe/{args.task}",
+        run_name,
+        tags={
+            "task": args.task, "method": args.method, "seed": args.seed, "stage": "finetune",
+            "model": params.model.name,
+        },
+    ) as run:  # fmt: skip
+        run.log_params(flat_params(params, args.task, args.method, args.seed))
+        result = finetune(
+            model, tokenizer, splits, meta, cfg, args.seed, accelerator=accelerator,
+            progress=not args.no_progress, on_epoch=lambda ep: run.log_metrics(
+                {k: v for k, v in ep.items() if k.startswith("dev_")}, step=ep["step"]),
+        )  # fmt: skip
+        core = accelerator.unwrap_model(model)
+        head_config = {
+            "method": args.method, "options": options, "hidden_size": info["hidden_size"],
+            "num_outputs": 1 if regression else meta["num_labels"], "dropout": cfg.dropout,
+            "label_type": meta["label_type"], "label_names": meta["label_names"], "task": args.task,
+            "seed": args.seed, "base_model": params.model.name, "best_epoch": result.best_epoch,
+        }  # fmt: skip
+        with atomic_dir(model_dir(args.task, args.method, args.seed)) as tmp:
+            save_classifier(core, tokenizer, tmp, head_config)
+        write_steps_csv(finetune_plot_file(args.task, args.method, args.seed), result.steps)
+        report = {
+            "task": args.task,
+            "method": args.method,
+            "seed": args.seed,
+            "status": result.status,
+            "diverged_at_step": result.diverged_at,
+            "metric": meta["metric"],
+            "best_epoch": result.best_epoch,
+            "dev": result.dev,
+            "test": result.test,
+            "dev_by_epoch": result.epochs,
+            "grad": gradient_summary(result.steps),
+            "steps": len(result.steps),
+            "train_examples_seen": result.train_examples,
+            "seconds": round(result.seconds, 2),
+            "examples_per_second": round(result.train_examples / max(result.seconds, 1e-9), 1),
+            "device": str(accelerator.device),
+            "threads": torch.get_num_threads(),
+            "mlflow_run_id": run.run_id,
+        }
+        run.log_series(result.steps, keys=["loss", "lr", "grad_cls", "grad_head", "grad_total"])
+        final = {f"dev_{k}": v for k, v in result.dev.items()} | {
+            f"test_{k}": v for k, v in result.test.items()
+        }
+        run.log_metrics(final)
+        run.log_metrics({f"{g}_{s}": v for g, d in report["grad"].items() for s, v in d.items()})
+        run.set_tags({"status": result.status})
+        metrics_path = finetune_metrics_file(args.task, args.method, args.seed)
+        write_json(metrics_path, report)
+        run.log_artifact(metrics_path, "metrics")
+        run.log_artifact(finetune_plot_file(args.task, args.method, args.seed), "plots")
+        if cfg.log_weights:
+            run.log_artifacts(model_dir(args.task, args.method, args.seed), "model")
+    shown = ", ".join(f"{k} {v:.4f}" for k, v in result.test.items())
+    print(
+        f"finetune {args.task}/{run_name}: {result.status}, best epoch {result.best_epoch}, test: {shown}"
+    )
+
+
+if __name__ == "__main__":
+    run_stage(main)
