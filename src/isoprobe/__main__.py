@@ -18,6 +18,13 @@ def main(argv: list[str] | None = None) -> int:
     check.add_argument("--params", default="params.yaml")
     res = sub.add_parser("resolve-model", help="print where a model.name loads from")
     res.add_argument("name")
+    sa = sub.add_parser(
+        "set-args",
+        help="print a profile of params overrides as `-S key=value` arguments, one per line "
+        "(pipe into `xargs -d '\\n' dvc exp run`)",
+    )
+    sa.add_argument("profile")
+    sa.add_argument("--params", default="params.yaml", help="checked with the overrides applied")
     args = p.parse_args(argv)
     try:
         if args.command == "check":
@@ -25,6 +32,13 @@ def main(argv: list[str] | None = None) -> int:
             print(
                 f"{args.params}: ok ({len(params.tasks)} tasks defined; pipeline runs {', '.join(params.pipeline.tasks)})"
             )
+        elif args.command == "set-args":
+            from isoprobe.profiles import apply_overrides, load_profile, set_args
+
+            overrides = load_profile(args.profile)
+            load_params(args.params)  # the base must be valid too
+            apply_overrides(args.params, overrides)
+            print("\n".join(set_args(overrides)))
         else:
             from isoprobe.models import resolve_model
 

@@ -1,0 +1,51 @@
+"""Params profiles become `dvc exp run -S` arguments that only change existing keys and validate."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import yaml
+
+from conftest import REPO
+from isoprobe.profiles import apply_overrides, flatten, load_profile, set_args
+
+
+def test_flatten_and_set_args():
+    overrides = {"a": {"b": 1, "c": [1, 2]}, "d": None, "e": {}}
+    assert flatten(overrides) == {"a.b": 1, "a.c": [1, 2], "d": None, "e": {}}
+    assert set_args({"a": {"c": ["x", "y"]}, "d": None}) == ["-S", 'a.c=["x","y"]', "-S", "d=null"]
+    # Each value reads back as YAML to what the profile says (DVC parses -S values as YAML).
+    for arg in set_args(overrides)[1::2]:
+        key, _, value = arg.partition("=")
+        assert yaml.safe_load(value) == flatten(overrides)[key]
+
+
+def test_isobn_glue_profile_overrides_existing_keys_and_validates():
+    overrides = load_profile(REPO / "profiles/isobn_glue.yaml")
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    for key in flatten(overrides):
+        node = params
+        for part in key.split("."):
+            assert part in node, f"{key} is not in params.yaml: -S would add a key"
+            node = node[part]
+    merged = apply_overrides(REPO / "params.yaml", overrides)
+    t = merged.finetune.train
+    assert (t.lr, t.batch_size, t.max_length, t.epochs, t.warmup_ratio) == (5e-5, 16, 256, 10, 0.06)
+    assert merged.finetune.seeds == [1, 2, 3, 4, 5] and merged.finetune.methods == [
+        "baseline",
+        "isobn",
+    ]
+    assert all(
+        merged.tasks[n].source.startswith("glue_tsv:../shared/data/glue/")
+        for n in merged.finetune.tasks
+    )
+
+
+def test_set_args_command():
+    res = subprocess.run(
+        [sys.executable, "-m", "isoprobe", "set-args", "profiles/isobn_glue.yaml"],
+        cwd=REPO, capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    lines = res.stdout.splitlines()
+    assert lines[0] == "-S" and "finetune.train.lr=5e-05" in lines
