@@ -26,7 +26,9 @@ WORDS = (
 ).split()
 
 
-def make_tiny_bert(folder: Path, seed: int = 0, layers: int = 2, hidden: int = 32) -> Path:
+def make_tiny_bert(
+    folder: Path, seed: int = 0, layers: int = 2, hidden: int = 32, dropout: float = 0.1
+) -> Path:
     """A random BertModel (2 layers, hidden 32) with a word-piece tokenizer, saved like a hub model."""
     import torch
     from transformers import BertConfig, BertModel, BertTokenizerFast
@@ -60,6 +62,8 @@ def make_tiny_bert(folder: Path, seed: int = 0, layers: int = 2, hidden: int = 3
         num_attention_heads=4,
         intermediate_size=2 * hidden,
         max_position_embeddings=128,
+        hidden_dropout_prob=dropout,
+        attention_probs_dropout_prob=dropout,
     )
     BertModel(cfg).eval().save_pretrained(folder)
     return folder
