@@ -69,13 +69,8 @@ def main() -> None:
     )
     model = EncoderClassifier(encoder, head, cfg.pooling)
     run_name = f"{args.method}-s{args.seed}"
-    # Under `accelerate launch`, every process trains; only the main one logs and writes.
-    main_process = accelerator.is_main_process
-    tracking = (
-        params.tracking if main_process else params.tracking.model_copy(update={"enabled": False})
-    )
     with tracked_run(
-        tracking,
+        params.tracking,
         f"isoprobe/{args.task}",
         run_name,
         tags={
@@ -89,9 +84,6 @@ def main() -> None:
             progress=not args.no_progress, on_epoch=lambda ep: run.log_metrics(
                 {k: v for k, v in ep.items() if k.startswith("dev_")}, step=ep["step"]),
         )  # fmt: skip
-        accelerator.wait_for_everyone()
-        if not main_process:
-            return
         core = accelerator.unwrap_model(model)
         head_config = {
             "method": args.method, "options": options, "hidden_size": info["hidden_size"],

@@ -575,7 +575,11 @@ def test_unterminated_quote_is_a_bad_row_naming_the_file(tmp_path):
 
 
 def _params(source: str, name: str = "x") -> dict:
-    return {"pipeline": {"tasks": [name]}, "tasks": {name: {"source": source}}}
+    return {
+        "pipeline": {"tasks": [name]},
+        "tasks": {name: {"source": source}},
+        "finetune": {"tasks": [name]},
+    }
 
 
 @pytest.mark.parametrize(

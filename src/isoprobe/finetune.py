@@ -51,21 +51,6 @@ def length_grouped_batches(
     return [batches[i] for i in rng.permutation(len(batches))]
 
 
-class LengthGroupedBatches:
-    """A batch sampler: a new length-grouped order every epoch, drawn from one generator seeded once."""
-
-    def __init__(self, lengths: np.ndarray, batch_size: int, seed: int):
-        self.lengths, self.batch_size = lengths, batch_size
-        self.rng = np.random.default_rng(seed)
-        self._len = len(length_grouped_batches(lengths, batch_size, np.random.default_rng(0)))
-
-    def __iter__(self):
-        return iter(length_grouped_batches(self.lengths, self.batch_size, self.rng))
-
-    def __len__(self) -> int:
-        return self._len
-
-
 def encode_split(
     tokenizer, rows: list[dict], max_length: int
 ) -> tuple[list[dict], np.ndarray, np.ndarray]:
@@ -177,18 +162,14 @@ def finetune(
     key = main_score(metric)
     data = {s: encode_split(tokenizer, splits[s], cfg.max_length) for s in ("train", "dev", "test")}
     feats, lengths, labels = data["train"]
-    loader = torch.utils.data.DataLoader(
-        list(range(len(feats))),
-        batch_sampler=LengthGroupedBatches(lengths, cfg.batch_size, seed),
-        collate_fn=lambda idx: collate(tokenizer, feats, labels, idx, regression),
-    )
+    rng = np.random.default_rng(seed)
+    steps_per_epoch = len(length_grouped_batches(lengths, cfg.batch_size, np.random.default_rng(0)))
+    total_steps = steps_per_epoch * cfg.epochs
     optimizer = make_adamw(model, cfg)
-    # Under `accelerate launch` the loader is sharded: each process takes its share of the batches.
-    model, optimizer, loader = acc.prepare(model, optimizer, loader)
-    total_steps = len(loader) * cfg.epochs
     scheduler = get_linear_schedule_with_warmup(
         optimizer, int(cfg.warmup_ratio * total_steps), total_steps
     )
+    model, optimizer = acc.prepare(model, optimizer)
     core = acc.unwrap_model(model)
     loss_fn = torch.nn.MSELoss() if regression else torch.nn.CrossEntropyLoss()
     result = FinetuneResult(status="ok")
@@ -198,8 +179,11 @@ def finetune(
     bar = tqdm(total=total_steps, desc="finetune", unit="step", disable=not progress, mininterval=2)
     for epoch in range(1, cfg.epochs + 1):
         model.train()
-        for batch in loader:
-            batch = {k: v.to(acc.device) for k, v in batch.items()}
+        for idx in length_grouped_batches(lengths, cfg.batch_size, rng):
+            batch = {
+                k: v.to(acc.device)
+                for k, v in collate(tokenizer, feats, labels, idx, regression).items()
+            }
             y = batch.pop("labels")
             with acc.autocast():
                 logits, pooled, _ = model(**batch)
@@ -222,7 +206,7 @@ def finetune(
             total = acc.clip_grad_norm_(params, cfg.grad_clip if cfg.grad_clip else float("inf"))
             rec["grad_total"] = float(total)
             result.steps.append(rec)
-            result.train_examples += len(y)
+            result.train_examples += len(idx)
             if not all(math.isfinite(rec[k]) for k in ("loss", "grad_total")):
                 result.status, result.diverged_at = "diverged", step
                 break
