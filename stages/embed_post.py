@@ -7,25 +7,14 @@ Writes data/embeddings/finetuned/<method>/<seed>/<task>/, metrics/isotropy/<task
 plots/isotropy/<task>/finetuned_<method>_<seed>_by_layer.csv; adds the isotropy metrics to the
 fine-tuning MLflow run."""
 
-import argparse
-
 from isoprobe.config import SPLITS, load_params
-from isoprobe.stage import offline_if_local, run_stage
-
-
-def arguments() -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__)
-    p.add_argument("task")
-    p.add_argument("method")
-    p.add_argument("seed", type=int)
-    p.add_argument("--params", default="params.yaml")
-    p.add_argument("--no-progress", action="store_true")
-    return p.parse_args()
+from isoprobe.stage import check_instance, instance_arguments, offline_if_local, run_stage
 
 
 def main() -> None:
-    args = arguments()
+    args = instance_arguments(__doc__)
     params = load_params(args.params)
+    check_instance(args, params.finetune)
     offline_if_local("embedded:")  # the fine-tuned model is a local folder
 
     import numpy as np

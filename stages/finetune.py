@@ -5,33 +5,17 @@ metrics/finetune/<task>/<method>/<seed>.json (dev/test scores, best epoch, gradi
 plots/finetune/<task>/<method>/<seed>.csv (per-step loss and gradient norms), and one MLflow run
 `<method>-s<seed>` in experiment isoprobe/<task>."""
 
-import argparse
+from contextlib import nullcontext
 
 from isoprobe.config import load_params
-from isoprobe.stage import offline_if_local, run_stage
-
-
-def arguments() -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__)
-    p.add_argument("task")
-    p.add_argument("method")
-    p.add_argument("seed", type=int)
-    p.add_argument("--params", default="params.yaml")
-    p.add_argument("--no-progress", action="store_true")
-    return p.parse_args()
+from isoprobe.stage import check_instance, instance_arguments, offline_if_local, run_stage
 
 
 def main() -> None:
-    args = arguments()
+    args = instance_arguments(__doc__)
     params = load_params(args.params)
     ft = params.finetune
-    from isoprobe.errors import IsoprobeError
-
-    if args.task not in ft.tasks or args.method not in ft.methods or args.seed not in ft.seeds:
-        raise IsoprobeError(
-            f"finetune: ({args.task}, {args.method}, {args.seed}) is not in finetune.tasks {ft.tasks} x "
-            f"finetune.methods {ft.methods} x finetune.seeds {ft.seeds}"
-        )
+    check_instance(args, ft)
     offline_if_local(params.model.name)
 
     import torch
@@ -46,12 +30,12 @@ def main() -> None:
     from isoprobe.io import atomic_dir, write_json
     from isoprobe.models import load_encoder, resolve_model
     from isoprobe.paths import finetune_metrics_file, finetune_plot_file, model_dir, prepared_dir
-    from isoprobe.tracking import tracked_run
+    from isoprobe.tracking import Tracker, tracked_run
 
     cfg = ft.train
     meta = load_meta(prepared_dir(args.task))
     splits = {s: load_split(prepared_dir(args.task), s) for s in ("train", "dev", "test")}
-    device = pick_device(cfg.device, cfg.num_threads)
+    device = pick_device(cfg.device, cfg.num_threads, key="finetune.train.device")
     accelerator = Accelerator(
         cpu=device.type == "cpu", mixed_precision="bf16" if device.type == "cuda" else "no"
     )
@@ -69,64 +53,73 @@ def main() -> None:
     )
     model = EncoderClassifier(encoder, head, cfg.pooling)
     run_name = f"{args.method}-s{args.seed}"
-    with tracked_run(
+    main_process = accelerator.is_main_process  # under `accelerate launch`, only it logs and writes
+    tracking = tracked_run(
         params.tracking,
         f"isoprobe/{args.task}",
         run_name,
         tags={
             "task": args.task, "method": args.method, "seed": args.seed, "stage": "finetune",
-            "model": params.model.name,
+            "model": params.model.name, "processes": accelerator.num_processes,
         },
-    ) as run:  # fmt: skip
+    ) if main_process else nullcontext(Tracker(None, None))  # fmt: skip
+    with tracking as run:
         run.log_params(flat_params(params, args.task, args.method, args.seed))
         result = finetune(
             model, tokenizer, splits, meta, cfg, args.seed, accelerator=accelerator,
             progress=not args.no_progress, on_epoch=lambda ep: run.log_metrics(
                 {k: v for k, v in ep.items() if k.startswith("dev_")}, step=ep["step"]),
         )  # fmt: skip
-        core = accelerator.unwrap_model(model)
-        head_config = {
-            "method": args.method, "options": options, "hidden_size": info["hidden_size"],
-            "num_outputs": 1 if regression else meta["num_labels"], "dropout": cfg.dropout,
-            "label_type": meta["label_type"], "label_names": meta["label_names"], "task": args.task,
-            "seed": args.seed, "base_model": params.model.name, "best_epoch": result.best_epoch,
-        }  # fmt: skip
-        with atomic_dir(model_dir(args.task, args.method, args.seed)) as tmp:
-            save_classifier(core, tokenizer, tmp, head_config)
-        write_steps_csv(finetune_plot_file(args.task, args.method, args.seed), result.steps)
-        report = {
-            "task": args.task,
-            "method": args.method,
-            "seed": args.seed,
-            "status": result.status,
-            "diverged_at_step": result.diverged_at,
-            "metric": meta["metric"],
-            "best_epoch": result.best_epoch,
-            "dev": result.dev,
-            "test": result.test,
-            "dev_by_epoch": result.epochs,
-            "grad": gradient_summary(result.steps),
-            "steps": len(result.steps),
-            "train_examples_seen": result.train_examples,
-            "seconds": round(result.seconds, 2),
-            "examples_per_second": round(result.train_examples / max(result.seconds, 1e-9), 1),
-            "device": str(accelerator.device),
-            "threads": torch.get_num_threads(),
-            "mlflow_run_id": run.run_id,
-        }
-        run.log_series(result.steps, keys=["loss", "lr", "grad_cls", "grad_head", "grad_total"])
-        final = {f"dev_{k}": v for k, v in result.dev.items()} | {
-            f"test_{k}": v for k, v in result.test.items()
-        }
-        run.log_metrics(final)
-        run.log_metrics({f"{g}_{s}": v for g, d in report["grad"].items() for s, v in d.items()})
-        run.set_tags({"status": result.status})
-        metrics_path = finetune_metrics_file(args.task, args.method, args.seed)
-        write_json(metrics_path, report)
-        run.log_artifact(metrics_path, "metrics")
-        run.log_artifact(finetune_plot_file(args.task, args.method, args.seed), "plots")
-        if cfg.log_weights:
-            run.log_artifacts(model_dir(args.task, args.method, args.seed), "model")
+        if main_process:
+            core = accelerator.unwrap_model(model)
+            head_config = {
+                "method": args.method, "options": options, "hidden_size": info["hidden_size"],
+                "num_outputs": 1 if regression else meta["num_labels"], "dropout": cfg.dropout,
+                "label_type": meta["label_type"], "label_names": meta["label_names"], "task": args.task,
+                "seed": args.seed, "base_model": params.model.name, "best_epoch": result.best_epoch,
+            }  # fmt: skip
+            with atomic_dir(model_dir(args.task, args.method, args.seed)) as tmp:
+                save_classifier(core, tokenizer, tmp, head_config)
+            write_steps_csv(finetune_plot_file(args.task, args.method, args.seed), result.steps)
+            report = {
+                "task": args.task,
+                "method": args.method,
+                "seed": args.seed,
+                "status": result.status,
+                "diverged_at_step": result.diverged_at,
+                "metric": meta["metric"],
+                "best_epoch": result.best_epoch,
+                "dev": result.dev,
+                "test": result.test,
+                "dev_by_epoch": result.epochs,
+                "grad": gradient_summary(result.steps),
+                "steps": len(result.steps),
+                "train_examples_seen": result.train_examples,
+                "seconds": round(result.seconds, 2),
+                "examples_per_second": round(result.train_examples / max(result.seconds, 1e-9), 1),
+                "device": str(accelerator.device),
+                "threads": torch.get_num_threads(),
+                "processes": accelerator.num_processes,
+                "mlflow_run_id": run.run_id,
+            }
+            run.log_series(result.steps, keys=["loss", "lr", "grad_cls", "grad_head", "grad_total"])
+            final = {f"dev_{k}": v for k, v in result.dev.items()} | {
+                f"test_{k}": v for k, v in result.test.items()
+            }
+            run.log_metrics(final)
+            run.log_metrics(
+                {f"{g}_{s}": v for g, d in report["grad"].items() for s, v in d.items()}
+            )
+            run.set_tags({"status": result.status})
+            metrics_path = finetune_metrics_file(args.task, args.method, args.seed)
+            write_json(metrics_path, report)
+            run.log_artifact(metrics_path, "metrics")
+            run.log_artifact(finetune_plot_file(args.task, args.method, args.seed), "plots")
+            if cfg.log_weights:
+                run.log_artifacts(model_dir(args.task, args.method, args.seed), "model")
+    accelerator.wait_for_everyone()
+    if not main_process:
+        return
     shown = ", ".join(f"{k} {v:.4f}" for k, v in result.test.items())
     print(
         f"finetune {args.task}/{run_name}: {result.status}, best epoch {result.best_epoch}, test: {shown}"

@@ -91,6 +91,8 @@ def with_change(path: str, value):
         ("finetune.seeds", [0, "one"], r"finetune\.seeds: seeds must be integers, got 'one'"),
         ("finetune.seeds", [0, 1.5], r"finetune\.seeds: seeds must be integers, got 1\.5"),
         ("finetune.seeds", [], r"finetune\.seeds"),
+        ("finetune.launcher", "python; rm -rf ~", r"finetune\.launcher: String should match"),
+        ("finetune.launcher", "bash -c", r"finetune\.launcher: String should match"),
         (
             "finetune.tasks",
             ["sst2"],
@@ -154,3 +156,16 @@ def test_check_command_exit_codes(tmp_path):
     )
     assert res.returncode == 2
     assert "embed.batch_size" in res.stderr and "-3" in res.stderr
+
+
+def test_finetune_tasks_default_to_the_sentence_tasks_of_the_pipeline():
+    pud = next(n for n, t in BASE["tasks"].items() if t["source"].startswith("conllu:"))
+    data = with_change("finetune.tasks", KeyError)
+    data["pipeline"]["tasks"] = ["rte", pud, "tweets"]
+    assert parse_params(data).finetune.tasks == ["rte", "tweets"]
+    data["pipeline"]["tasks"] = [pud]
+    with pytest.raises(IsoprobeError, match=r"finetune\.tasks: not set, .* no sentence task"):
+        parse_params(data)
+    explicit = with_change("finetune.tasks", ["tweets"])
+    explicit["pipeline"]["tasks"] = ["rte", "tweets"]
+    assert parse_params(explicit).finetune.tasks == ["tweets"]

@@ -189,6 +189,46 @@ def test_finetune_outputs_and_runs(repo):
     assert a.data.tags["method"] == "baseline" and a.info.status == "FINISHED"
 
 
+def test_finetune_stage_under_accelerate_launch(repo, tmp_path):
+    """Two CPU processes (gloo DDP): one set of outputs and one MLflow run, same schedule and data."""
+    copy = tmp_path / "repo"
+    shutil.copytree(repo, copy, symlinks=True)
+    one = json.loads((copy / "metrics/finetune/tweets/isobn/0.json").read_text())
+    res = sh(
+        copy, str(Path(sys.executable).with_name("accelerate")), "launch", "--multi_gpu",
+        "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no",
+        "--dynamo_backend", "no", "--main_process_port", str(_free_port()),
+        "stages/finetune.py", "tweets", "isobn", "0", "--no-progress",
+    )  # fmt: skip
+    assert res.stdout.count("finetune tweets/isobn-s0: ok") == 1, res.stdout
+    two = json.loads((copy / "metrics/finetune/tweets/isobn/0.json").read_text())
+    assert two["processes"] == 2 and one["processes"] == 1
+    for key in ("status", "steps", "train_examples_seen", "best_epoch"):
+        assert two[key] == one[key], key
+    assert 0 <= two["test"]["accuracy"] <= 1 and two["mlflow_run_id"] != one["mlflow_run_id"]
+    assert (copy / "models/tweets/isobn/0/head.safetensors").is_file()
+    assert not list(copy.rglob(".*.tmp-*")), "no temporary files left"
+
+    import mlflow
+
+    mlflow.set_tracking_uri(f"sqlite:///{copy}/mlflow.db")
+    runs = mlflow.search_runs(
+        experiment_names=["isoprobe/tweets"],
+        filter_string="tags.stage = 'finetune' and tags.processes = '2'",
+        output_format="list",
+    )
+    assert [r.info.run_id for r in runs] == [two["mlflow_run_id"]]
+    assert runs[0].info.status == "FINISHED" and runs[0].info.run_name == "isobn-s0"
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 def test_only_affected_stages_rerun(repo):
     params = small_params()
     params["finetune"]["seeds"] = [0, 1]

@@ -205,19 +205,26 @@ class WhitenOptions(Strict):
 METHODS = ("baseline", "layernorm", "batchnorm", "standardize", "isobn", "whiten")
 
 
+LAUNCHER = r"^(python[0-9.]*|accelerate launch|torchrun)( [A-Za-z0-9_.=:/-]+)*$"
+
+
 class FinetuneConfig(Strict):
-    tasks: list[str] = Field(default_factory=lambda: ["tweets"], min_length=1)
+    # None: every sentence task of pipeline.tasks (filled in by Params). dvc.yaml's matrix reads
+    # the key from params.yaml, so a params file driving `dvc repro` spells it out.
+    tasks: list[str] | None = Field(None, min_length=1)
     methods: list[
         Literal["baseline", "layernorm", "batchnorm", "standardize", "isobn", "whiten"]
     ] = Field(default_factory=lambda: list(METHODS), min_length=1)
     seeds: list[int] = Field(default_factory=lambda: [0, 1], min_length=1)
+    # the program that runs stages/finetune.py (dvc.yaml's cmd): python, or a multi-process launcher
+    launcher: str = Field("python", pattern=LAUNCHER)
     train: TrainConfig = TrainConfig()
     heads: HeadsConfig = Field(default_factory=lambda: HeadsConfig())
 
     @field_validator("tasks", "methods", "seeds")
     @classmethod
-    def _unique(cls, v: list) -> list:
-        if len(set(v)) != len(v):
+    def _unique(cls, v: list | None) -> list | None:
+        if v is not None and len(set(v)) != len(v):
             raise ValueError("entries must be unique")
         return v
 
@@ -261,6 +268,16 @@ class Params(Strict):
         if missing:
             raise ValueError(
                 f"pipeline.tasks names {missing} not defined under tasks; defined: {sorted(self.tasks)}"
+            )
+        if self.finetune.tasks is None:
+            sentence = [t for t in self.pipeline.tasks if self.tasks[t].scheme != "conllu"]
+            if not sentence:
+                raise ValueError(
+                    "finetune.tasks: not set, and pipeline.tasks has no sentence task to default to; "
+                    f"pipeline.tasks: {self.pipeline.tasks}"
+                )
+            object.__setattr__(
+                self, "finetune", self.finetune.model_copy(update={"tasks": sentence})
             )
         outside = [t for t in self.finetune.tasks if t not in self.pipeline.tasks]
         if outside:

@@ -16,17 +16,21 @@ def usable_cores() -> int:
         return os.cpu_count() or 1
 
 
-def pick_device(preference: str = "auto", num_threads: int = 0) -> torch.device:
-    """`auto`: CUDA when present, else CPU. On CPU, use `num_threads` (0 = every usable core)."""
+def pick_device(
+    preference: str = "auto", num_threads: int = 0, key: str = "embed.device"
+) -> torch.device:
+    """`auto`: CUDA when present, else CPU. On CPU, use `num_threads` (0 = the usable cores shared
+    among the processes a launcher started on this machine, LOCAL_WORLD_SIZE)."""
     if preference == "cuda" and not torch.cuda.is_available():
         raise IsoprobeError(
-            "embed.device: 'cuda' requested but no CUDA device is available; use 'auto' or 'cpu'"
+            f"{key}: 'cuda' requested but no CUDA device is available; use 'auto' or 'cpu'"
         )
     device = torch.device(
         "cuda" if preference in ("auto", "cuda") and torch.cuda.is_available() else "cpu"
     )
     if device.type == "cpu":
-        torch.set_num_threads(num_threads or usable_cores())
+        local_processes = max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+        torch.set_num_threads(num_threads or max(1, usable_cores() // local_processes))
     else:
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True

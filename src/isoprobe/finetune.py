@@ -7,6 +7,12 @@ test. Per optimizer step it records the loss, the learning rate and three L2 nor
 `grad_head` = ||d loss / d W|| of the head's linear weight, `grad_total` = the norm of all
 parameter gradients before clipping. Accelerate places the model (CPU, one or several GPUs) and runs
 bf16 autocast on GPU.
+
+Under `accelerate launch` with P processes (DDP) every process draws the same global batches and
+trains on its share (rows r, r+P, ... of each batch); its loss is weighted by its share of the batch,
+so the averaged gradient, the step count, the learning-rate schedule and the logged norms are those of
+one process over the global batch, and normalizer statistics are all-reduced (IsoBN, whitening,
+batchnorm): the run matches the one-process run up to floating-point order (and dropout masks).
 """
 
 from __future__ import annotations
@@ -24,6 +30,7 @@ from tqdm.auto import tqdm
 
 from isoprobe.classifier import EncoderClassifier
 from isoprobe.config import TrainConfig
+from isoprobe.errors import IsoprobeError
 from isoprobe.scores import main_score, task_scores
 
 
@@ -34,11 +41,16 @@ def seed_everything(seed: int) -> None:
 
 
 def length_grouped_batches(
-    lengths: np.ndarray, batch_size: int, rng: np.random.Generator, group: int = 50
+    lengths: np.ndarray,
+    batch_size: int,
+    rng: np.random.Generator,
+    group: int = 50,
+    min_size: int = 2,
 ) -> list[list[int]]:
     """Shuffle, sort within mega-batches of `group` batches by length, chunk, shuffle the batches.
-    Similar lengths share a batch (little padding) while the order stays random. A last batch of one
-    row is merged into the one before (BatchNorm needs two rows)."""
+    Similar lengths share a batch (little padding) while the order stays random. A last batch smaller
+    than `min_size` is merged into the one before (BatchNorm needs two rows; under P processes every
+    process needs one)."""
     order = rng.permutation(len(lengths))
     batches = []
     mega = batch_size * group
@@ -46,7 +58,7 @@ def length_grouped_batches(
         chunk = order[start : start + mega]
         chunk = chunk[np.argsort(-lengths[chunk], kind="stable")]
         batches += [chunk[i : i + batch_size].tolist() for i in range(0, len(chunk), batch_size)]
-    if len(batches) > 1 and len(batches[-1]) == 1:
+    if len(batches) > 1 and len(batches[-1]) < min_size:
         batches[-2] += batches.pop()
     return [batches[i] for i in rng.permutation(len(batches))]
 
@@ -135,6 +147,32 @@ def predict(
     return out[:, 0] if regression else out
 
 
+def freeze_unused_pooler(model: EncoderClassifier) -> None:
+    """A pooler the head does not read gets no gradient; mark it frozen (DDP requires every trainable
+    parameter to be used; one-process results are unchanged since AdamW skips gradient-free ones)."""
+    pooler = getattr(model.encoder, "pooler", None)
+    if pooler is not None and model.pooling != "pooler":
+        pooler.requires_grad_(False)
+
+
+def _global_mean(acc, local_mean: torch.Tensor, share: float) -> float:
+    """The loss over the global batch from each process's mean over its rows."""
+    if acc.num_processes == 1:
+        return float(local_mean)
+    return float(acc.reduce(local_mean.float() * share, "sum")) / acc.num_processes
+
+
+def _global_norm(acc, grad: torch.Tensor | None) -> float:
+    """||d loss / d pooled|| over the global batch. Each process holds the rows of its share, scaled
+    by P (its loss was weighted by share = P * n_local / n): divide the all-reduced norm by P."""
+    if grad is None:
+        return math.nan
+    if acc.num_processes == 1:
+        return float(grad.float().norm())
+    sq = acc.reduce(grad.float().pow(2).sum(), "sum")
+    return float(sq.sqrt()) / acc.num_processes
+
+
 def finetune(
     model: EncoderClassifier,
     tokenizer,
@@ -160,10 +198,20 @@ def finetune(
     regression = meta["label_type"] == "regression"
     metric = meta["metric"]
     key = main_score(metric)
+    world, rank = acc.num_processes, acc.process_index
+    if cfg.batch_size < world:
+        raise IsoprobeError(
+            f"finetune.train.batch_size: {cfg.batch_size} is smaller than the {world} processes; "
+            "each process needs at least one row of every batch"
+        )
     data = {s: encode_split(tokenizer, splits[s], cfg.max_length) for s in ("train", "dev", "test")}
     feats, lengths, labels = data["train"]
     rng = np.random.default_rng(seed)
-    steps_per_epoch = len(length_grouped_batches(lengths, cfg.batch_size, np.random.default_rng(0)))
+    min_size = max(2, world)
+    steps_per_epoch = len(
+        length_grouped_batches(lengths, cfg.batch_size, np.random.default_rng(0), min_size=min_size)
+    )
+    freeze_unused_pooler(model)
     total_steps = steps_per_epoch * cfg.epochs
     optimizer = make_adamw(model, cfg)
     scheduler = get_linear_schedule_with_warmup(
@@ -179,10 +227,11 @@ def finetune(
     bar = tqdm(total=total_steps, desc="finetune", unit="step", disable=not progress, mininterval=2)
     for epoch in range(1, cfg.epochs + 1):
         model.train()
-        for idx in length_grouped_batches(lengths, cfg.batch_size, rng):
+        for idx in length_grouped_batches(lengths, cfg.batch_size, rng, min_size=min_size):
+            local = idx[rank::world]
             batch = {
                 k: v.to(acc.device)
-                for k, v in collate(tokenizer, feats, labels, idx, regression).items()
+                for k, v in collate(tokenizer, feats, labels, local, regression).items()
             }
             y = batch.pop("labels")
             with acc.autocast():
@@ -190,16 +239,15 @@ def finetune(
                 pooled.retain_grad()
                 out = logits.float()
                 loss = loss_fn(out[:, 0], y) if regression else loss_fn(out, y)
-            acc.backward(loss)
+            share = len(local) * world / len(idx)  # 1.0 with one process
+            acc.backward(loss * share if world > 1 else loss)
             step += 1
             rec = {
                 "step": step,
                 "epoch": epoch,
-                "loss": float(loss.detach()),
+                "loss": _global_mean(acc, loss.detach(), share),
                 "lr": float(scheduler.get_last_lr()[0]),
-                "grad_cls": float(pooled.grad.float().norm())
-                if pooled.grad is not None
-                else math.nan,
+                "grad_cls": _global_norm(acc, pooled.grad),
                 "grad_head": float(core.head.linear.weight.grad.float().norm()),
             }
             params = [p for p in model.parameters() if p.grad is not None]

@@ -27,6 +27,27 @@ def task_arguments(description: str) -> argparse.Namespace:
     return p.parse_args()
 
 
+def instance_arguments(description: str) -> argparse.Namespace:
+    """Arguments of a matrix instance: task, method, seed (finetune, embed_post)."""
+    p = argparse.ArgumentParser(description=description)
+    p.add_argument("task", help="task name (one of finetune.tasks)")
+    p.add_argument("method", help="[CLS] treatment (one of finetune.methods)")
+    p.add_argument("seed", type=int, help="seed (one of finetune.seeds)")
+    p.add_argument("--params", default="params.yaml", help="params file (default: params.yaml)")
+    p.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    return p.parse_args()
+
+
+def check_instance(args: argparse.Namespace, finetune) -> None:
+    """The (task, method, seed) of a matrix instance must be in the params' grid."""
+    ft = finetune
+    if args.task not in ft.tasks or args.method not in ft.methods or args.seed not in ft.seeds:
+        raise IsoprobeError(
+            f"({args.task}, {args.method}, {args.seed}) is not in finetune.tasks {ft.tasks} x "
+            f"finetune.methods {ft.methods} x finetune.seeds {ft.seeds}"
+        )
+
+
 def run_stage(main: Callable[[], None]) -> None:
     """Run `main`; an IsoprobeError becomes one message on stderr and exit code 2."""
     try:

@@ -2,8 +2,8 @@
 
 - baseline: identity (the common practice);
 - layernorm: LayerNorm with affine parameters;
-- batchnorm: BatchNorm1d with affine parameters;
-- standardize: BatchNorm1d without affine parameters (batch statistics in training, running at eval);
+- batchnorm: BatchNorm1d with affine parameters (statistics over every process: batchnorm.py);
+- standardize: the same without affine parameters (batch statistics in training, running at eval);
 - isobn: Isotropic Batch Normalization (isobn.py);
 - whiten: ZCA whitening with moving statistics and shrinkage (whiten.py).
 """
@@ -15,16 +15,17 @@ from typing import Any
 
 from torch import nn
 
+from isoprobe.heads.batchnorm import DistBatchNorm1d
 from isoprobe.heads.isobn import IsoBN
 from isoprobe.heads.whiten import Whiten
 
 NORMALIZERS: dict[str, Callable[..., nn.Module]] = {
     "baseline": lambda hidden: nn.Identity(),
     "layernorm": lambda hidden, eps=1e-12: nn.LayerNorm(hidden, eps=eps, elementwise_affine=True),
-    "batchnorm": lambda hidden, momentum=0.1, eps=1e-5: nn.BatchNorm1d(
+    "batchnorm": lambda hidden, momentum=0.1, eps=1e-5: DistBatchNorm1d(
         hidden, eps=eps, momentum=momentum, affine=True
     ),
-    "standardize": lambda hidden, momentum=0.1, eps=1e-5: nn.BatchNorm1d(
+    "standardize": lambda hidden, momentum=0.1, eps=1e-5: DistBatchNorm1d(
         hidden, eps=eps, momentum=momentum, affine=False
     ),
     "isobn": IsoBN,
