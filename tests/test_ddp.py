@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 from pathlib import Path
 
 import numpy as np
@@ -15,16 +14,11 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from safetensors.torch import load_file, save_file
 
+from conftest import free_port
 from isoprobe.heads import METHODS
 from isoprobe.heads.batchnorm import DistBatchNorm1d
 
 WORLD = 2
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _env(rank: int, world: int, port: int) -> None:
@@ -75,7 +69,7 @@ def test_batchnorm_across_processes_equals_global_batchnorm(tmp_path, affine):
     xg = x.clone().requires_grad_(True)
     expected = ref(xg)
     (expected * w).sum().backward()
-    mp.spawn(_bn_worker, args=(WORLD, _free_port(), str(tmp_path), affine), nprocs=WORLD)
+    mp.spawn(_bn_worker, args=(WORLD, free_port(), str(tmp_path), affine), nprocs=WORLD)
     ranks = [load_file(str(tmp_path / f"bn{r}.safetensors")) for r in range(WORLD)]
     torch.testing.assert_close(torch.cat([r["y"] for r in ranks]), expected.detach())
     torch.testing.assert_close(torch.cat([r["dx"] for r in ranks]), xg.grad)
@@ -162,7 +156,7 @@ def test_two_process_finetuning_equals_one_process(tmp_path, still_bert):
     two.mkdir()
     torch.set_num_threads(1)
     _finetune_runs(str(still_bert), one, rank=0)
-    mp.spawn(_finetune_worker, args=(WORLD, _free_port(), str(still_bert), str(two)), nprocs=WORLD)
+    mp.spawn(_finetune_worker, args=(WORLD, free_port(), str(still_bert), str(two)), nprocs=WORLD)
     for method in METHODS:
         a = json.loads((one / f"{method}.json").read_text())
         b = json.loads((two / f"{method}.json").read_text())

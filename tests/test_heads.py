@@ -4,7 +4,6 @@ reference of Zhou, Lin & Ren (AAAI 2021), ZCA whitening, moving moments and mult
 from __future__ import annotations
 
 import math
-import socket
 from datetime import timedelta
 from pathlib import Path
 
@@ -13,6 +12,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
+from conftest import free_port
 from isoprobe.heads import METHODS, NORMALIZERS, ClassifierHead, make_normalizer
 from isoprobe.heads.isobn import IsoBN
 from isoprobe.heads.stats import MovingMoments, batch_moments
@@ -530,12 +530,6 @@ def test_whiten_first_step_and_gradient():
 # --------------------------------------------------------------------------- torch.distributed
 
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _ddp_worker(rank: int, world: int, port: int, outdir: str, xs: list[torch.Tensor]):
     dist.init_process_group(
         "gloo",
@@ -567,7 +561,7 @@ def _ddp_worker(rank: int, world: int, port: int, outdir: str, xs: list[torch.Te
 def test_distributed_statistics_equal_single_process(tmp_path):
     world, steps = 2, 3
     xs = batches(steps, 32, HIDDEN, seed=25)
-    mp.spawn(_ddp_worker, args=(world, _free_port(), str(tmp_path), xs), nprocs=world, join=True)
+    mp.spawn(_ddp_worker, args=(world, free_port(), str(tmp_path), xs), nprocs=world, join=True)
     assert not dist.is_initialized()
     iso, wh = IsoBN(HIDDEN).train(), Whiten(HIDDEN).train()
     for x in xs:

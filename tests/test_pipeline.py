@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import yaml
 
-from conftest import REPO, SHARED, requires_shared
+from conftest import REPO, SHARED, free_port, requires_shared
 
 pytestmark = pytest.mark.e2e
 
@@ -197,7 +197,7 @@ def test_finetune_stage_under_accelerate_launch(repo, tmp_path):
     res = sh(
         copy, str(Path(sys.executable).with_name("accelerate")), "launch", "--multi_gpu",
         "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no",
-        "--dynamo_backend", "no", "--main_process_port", str(_free_port()),
+        "--dynamo_backend", "no", "--main_process_port", str(free_port()),
         "stages/finetune.py", "tweets", "isobn", "0", "--no-progress",
     )  # fmt: skip
     assert res.stdout.count("finetune tweets/isobn-s0: ok") == 1, res.stdout
@@ -219,14 +219,6 @@ def test_finetune_stage_under_accelerate_launch(repo, tmp_path):
     )
     assert [r.info.run_id for r in runs] == [two["mlflow_run_id"]]
     assert runs[0].info.status == "FINISHED" and runs[0].info.run_name == "isobn-s0"
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def test_only_affected_stages_rerun(repo):
