@@ -114,6 +114,44 @@ def with_change(path: str, value):
             r"finetune\.heads\.baseline: baseline takes no options",
         ),
         ("pipeline", KeyError, r"pipeline: Field required"),
+        (
+            "probe.tasks",
+            ["rte"],
+            r"probe\.tasks names \['rte'\] that finetune\.tasks does not fine-tune",
+        ),
+        ("probe.tasks", ["tweets", "tweets"], r"probe\.tasks: entries must be unique"),
+        (
+            "probe.token_tasks",
+            ["tweets"],
+            r"probe\.token_tasks: \['tweets'\] must be token-level \(conllu\) tasks",
+        ),
+        (
+            "probe.token_tasks",
+            ["pos"],
+            r"probe\.token_tasks: \['pos'\] must be .* listed in pipeline\.tasks",
+        ),
+        ("probe.features", "max", r"probe\.features: Input should be 'cls' or 'mean'"),
+        ("probe.layers", [1, 1], r"probe\.layers: entries must be unique"),
+        (
+            "probe.linear.c_grid",
+            [1.0, -1.0],
+            r"probe\.linear\.c_grid: c_grid must hold distinct values > 0",
+        ),
+        ("probe.linear.c_grid", [], r"probe\.linear\.c_grid: .*at least 1"),
+        ("probe.mlp.hidden_grid", [[0, 8]], r"probe\.mlp\.hidden_grid: .*sizes >= 1"),
+        ("probe.mlp.hidden_grid", [[8]], r"probe\.mlp\.hidden_grid\.0"),
+        (
+            "probe.mlp.l2_grid",
+            [-0.1],
+            r"probe\.mlp\.l2_grid: l2_grid must hold distinct values >= 0",
+        ),
+        ("probe.mlp.lr", 0, r"probe\.mlp\.lr: Input should be greater than 0"),
+        (
+            "probe.directprobe.max_rows",
+            1,
+            r"probe\.directprobe\.max_rows: .*greater than or equal to 2",
+        ),
+        ("probe.directprobe.method", "svm", r"probe\.directprobe\.method: unknown key"),
     ],
 )
 def test_bad_params_name_the_key(path, value, expected):
@@ -169,3 +207,13 @@ def test_finetune_tasks_default_to_the_sentence_tasks_of_the_pipeline():
     explicit = with_change("finetune.tasks", ["tweets"])
     explicit["pipeline"]["tasks"] = ["rte", "tweets"]
     assert parse_params(explicit).finetune.tasks == ["tweets"]
+
+
+def test_probe_section_defaults_to_the_finetune_tasks():
+    data = with_change("probe", KeyError)
+    assert parse_params(data).probe.tasks == ["tweets"]
+    pud = next(n for n, t in BASE["tasks"].items() if t["source"].startswith("conllu:"))
+    data["pipeline"]["tasks"] = ["tweets", pud]
+    data["probe"] = {"tasks": [], "token_tasks": [pud]}
+    p = parse_params(data)
+    assert p.probe.tasks == [] and p.probe.token_tasks == [pud] and p.probe.layers is None

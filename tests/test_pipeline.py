@@ -31,6 +31,7 @@ def small_params() -> dict:
     params["isotropy"]["heatmap_dims"] = 8
     params["finetune"].update(methods=["baseline", "isobn"], seeds=[0])
     params["finetune"]["train"].update(epochs=1, batch_size=8, max_length=32)
+    params["probe"]["mlp"].update(hidden_grid=[[32, 32]], l2_grid=[1e-4, 1e-2])
     return params
 
 
@@ -221,6 +222,80 @@ def test_finetune_stage_under_accelerate_launch(repo, tmp_path):
     assert runs[0].info.status == "FINISHED" and runs[0].info.run_name == "isobn-s0"
 
 
+def test_probe_outputs_runs_and_plots(repo, tmp_path):
+    pre = json.loads((repo / "metrics/probe/tweets/pretrained.json").read_text())
+    assert pre["labels"] == ["negative", "neutral", "positive"] and pre["features"] == "cls"
+    assert pre["rows"] == SMALL and [r["layer"] for r in pre["layers"]] == list(range(7))
+    assert pre["layer"] == 6 and 0 <= pre["linear_test"] <= 1 and 0 <= pre["mlp_test"] <= 1
+    # the embedding-layer [CLS] is one vector for every input: DirectProbe can cluster nothing
+    assert pre["layers"][0]["directprobe"]["train"]["conflicting_rows"] == SMALL["train"]
+    assert pre["clusters"] >= 3  # 40 points in 384 dimensions: separable, one cluster per label
+    for method in ("baseline", "isobn"):
+        post = json.loads((repo / f"metrics/probe/tweets/{method}/0.json").read_text())
+        assert post["method"] == method and post["finetune_task"] == "tweets"
+        assert -1 <= post["cka_to_pretrained"] <= 1 and "similarity_to_pretrained" in post
+        assert len(post["layers"][-1]["centroid_movement"]) == 3
+        # layer 0 is the embedding layer: fine-tuning moves it little
+        assert (
+            post["layers"][0]["cka_to_pretrained"] is None
+            or post["layers"][0]["cka_to_pretrained"] > 0.5
+        )
+        csv_rows = (repo / f"plots/probe/tweets/{method}_0_by_layer.csv").read_text().splitlines()
+        assert csv_rows[0].startswith("layer,linear_train,linear_test") and len(csv_rows) == 8
+    for png in ("accuracy", "clusters", "distance", "similarity", "centroids_pca"):
+        assert (repo / f"plots/probe_summary/tweets/{png}.png").read_bytes()[:4] == b"\x89PNG"
+
+    shown = sh(repo, DVC, "metrics", "show").stdout
+    assert "metrics/probe/tweets/pretrained.json" in shown and "linear_test" in shown
+    sh(repo, DVC, "plots", "show", "-o", str(tmp_path / "plots"))
+    html = (tmp_path / "plots" / "index.html").read_text()
+    assert "accuracy.png" in html and "centroids_pca.png" in html
+
+    import mlflow
+
+    mlflow.set_tracking_uri(f"sqlite:///{repo}/mlflow.db")
+    runs = mlflow.search_runs(
+        experiment_names=["isoprobe/tweets"], filter_string="tags.stage = 'probe'",
+        output_format="list",
+    )  # fmt: skip
+    by_name = {r.info.run_name: r for r in runs}
+    assert set(by_name) == {"probe-pretrained", "probe-baseline-0", "probe-isobn-0"}
+    a, b = by_name["probe-pretrained"], by_name["probe-isobn-0"]
+    assert a.info.status == b.info.status == "FINISHED"
+    assert {"probe_linear_test", "probe_mlp_test", "probe_clusters"} <= set(a.data.metrics)
+    assert set(a.data.metrics) < set(b.data.metrics) and "probe_cka_to_pretrained" in b.data.metrics
+    assert b.data.tags["method"] == "isobn" and b.data.tags["seed"] == "0"
+    assert b.data.metrics["probe_linear_test"] == pytest.approx(
+        json.loads((repo / "metrics/probe/tweets/isobn/0.json").read_text())["linear_test"]
+    )
+    history = mlflow.tracking.MlflowClient().get_metric_history(a.info.run_id, "probe_linear_test")
+    assert sorted(h.step for h in history) == list(range(7))
+
+
+def test_probe_is_deterministic(repo, tmp_path):
+    """Running the probe stage again gives the same clusters, distances and accuracies."""
+    copy = tmp_path / "repo"
+    shutil.copytree(repo, copy, symlinks=True)
+    sh(copy, sys.executable, "stages/probe.py", "tweets", "--no-progress")
+
+    def strip(path: Path) -> dict:
+        m = json.loads(path.read_text())
+        for layer in m["layers"]:
+            layer.pop("classifier_seconds")
+            layer.get("directprobe", {}).pop("seconds", None)
+        return {k: v for k, v in m.items() if k not in ("mlflow_run_id", "seconds")}
+
+    path = Path("metrics/probe/tweets/pretrained.json")
+    assert strip(copy / path) == strip(repo / path)
+    from isoprobe.embed import load_embeddings
+
+    arrays = Path("data/probe/tweets/pretrained.safetensors")
+    np.testing.assert_array_equal(
+        load_embeddings(copy / arrays, "distances_train"),
+        load_embeddings(repo / arrays, "distances_train"),
+    )
+
+
 def test_only_affected_stages_rerun(repo):
     params = small_params()
     params["finetune"]["seeds"] = [0, 1]
@@ -230,6 +305,9 @@ def test_only_affected_stages_rerun(repo):
         assert "Running stage 'finetune@tweets-baseline-1'" in out
         assert "Running stage 'finetune@tweets-baseline-0'" not in out
         assert "Running stage 'embed@tweets'" not in out
+        assert "Running stage 'probe_post@tweets-isobn-1'" in out
+        assert "Running stage 'probe_post@tweets-isobn-0'" not in out
+        assert "Running stage 'probe@tweets'" not in out
     finally:
         write_params(repo, small_params())
 
@@ -327,10 +405,15 @@ def test_exp_run_switches_task_source_and_task(repo):
     ft = json.loads((repo / "metrics/finetune/tweets/isobn/0.json").read_text())
     assert ft["metric"] == "accuracy" and ft["status"] == "ok"
 
-    sh(repo, DVC, "exp", "run", "-S", "pipeline.tasks=[trec]", "-S", "finetune.tasks=[trec]")
+    sh(
+        repo, DVC, "exp", "run", "-S", "pipeline.tasks=[trec]", "-S", "finetune.tasks=[trec]",
+        "-S", "probe.tasks=[trec]",
+    )  # fmt: skip
     meta = json.loads((repo / "data/prepared/trec/meta.json").read_text())
     assert meta["label_names"] == ["ABBR", "DESC", "ENTY", "HUM", "LOC", "NUM"]
     assert (repo / "metrics/isotropy/trec/pretrained.json").is_file()
     assert (repo / "metrics/finetune/trec/baseline/0.json").is_file()
+    probe = json.loads((repo / "metrics/probe/trec/isobn/0.json").read_text())
+    assert len(probe["labels"]) == 6 and probe["rows"]["train"] == SMALL["train"]
     write_params(repo, small_params())
     sh(repo, DVC, "repro")  # back to the tweets outputs for the tests after this one

@@ -21,14 +21,20 @@ def test_flatten_and_set_args():
         assert yaml.safe_load(value) == flatten(overrides)[key]
 
 
-def test_isobn_glue_profile_overrides_existing_keys_and_validates():
-    overrides = load_profile(REPO / "profiles/isobn_glue.yaml")
+def overrides_of(name: str) -> dict:
+    """A profile's overrides, checked to name only keys params.yaml has (-S must not add keys)."""
+    overrides = load_profile(REPO / "profiles" / name)
     params = yaml.safe_load((REPO / "params.yaml").read_text())
     for key in flatten(overrides):
         node = params
         for part in key.split("."):
             assert part in node, f"{key} is not in params.yaml: -S would add a key"
             node = node[part]
+    return overrides
+
+
+def test_isobn_glue_profile_overrides_existing_keys_and_validates():
+    overrides = overrides_of("isobn_glue.yaml")
     merged = apply_overrides(REPO / "params.yaml", overrides)
     t = merged.finetune.train
     assert (t.lr, t.batch_size, t.max_length, t.epochs, t.warmup_ratio) == (5e-5, 16, 256, 10, 0.06)
@@ -40,6 +46,16 @@ def test_isobn_glue_profile_overrides_existing_keys_and_validates():
         merged.tasks[n].source.startswith("glue_tsv:../shared/data/glue/")
         for n in merged.finetune.tasks
     )
+
+
+def test_closer_look_profile_probes_trec_and_pos_through_the_finetuned_encoders():
+    merged = apply_overrides(REPO / "params.yaml", overrides_of("closer_look.yaml"))
+    assert merged.finetune.tasks == merged.probe.tasks == ["trec_fine"]
+    assert merged.tasks["trec_fine"].granularity == "fine"
+    assert merged.probe.token_tasks == ["pos"]
+    assert merged.tasks["pos"].source.startswith("conllu:../shared/data/ud/")
+    glue = apply_overrides(REPO / "params.yaml", overrides_of("isobn_glue.yaml"))
+    assert glue.probe.token_tasks == ["pos"] and "stsb" not in glue.probe.tasks
 
 
 def test_set_args_command():

@@ -238,6 +238,73 @@ class FinetuneConfig(Strict):
         return v
 
 
+class LinearProbeOptions(Strict):
+    c_grid: list[float] = Field(default_factory=lambda: [0.01, 0.1, 1.0, 10.0], min_length=1)
+    max_iter: int = Field(1000, ge=10)
+
+    @field_validator("c_grid")
+    @classmethod
+    def _positive(cls, v: list[float]) -> list[float]:
+        if any(c <= 0 for c in v) or len(set(v)) != len(v):
+            raise ValueError("c_grid must hold distinct values > 0")
+        return v
+
+
+class MLPProbeOptions(Strict):
+    hidden_grid: list[tuple[int, int]] = Field(
+        default_factory=lambda: [(256, 256), (128, 128)], min_length=1
+    )
+    l2_grid: list[float] = Field(default_factory=lambda: [1e-4, 1e-2], min_length=1)
+    lr: float = Field(1e-3, gt=0, le=1)
+
+    @field_validator("hidden_grid")
+    @classmethod
+    def _sizes(cls, v: list[tuple[int, int]]) -> list[tuple[int, int]]:
+        if any(h < 1 for pair in v for h in pair) or len(set(v)) != len(v):
+            raise ValueError("hidden_grid must hold distinct [h1, h2] pairs of sizes >= 1")
+        return v
+
+    @field_validator("l2_grid")
+    @classmethod
+    def _l2(cls, v: list[float]) -> list[float]:
+        if any(a < 0 for a in v) or len(set(v)) != len(v):
+            raise ValueError("l2_grid must hold distinct values >= 0")
+        return v
+
+
+class DirectProbeOptions(Strict):
+    enabled: bool = True
+    # seeded subsample of each split's rows (words for token tasks) DirectProbe clusters; null = all
+    max_rows: int | None = Field(None, ge=2)
+
+
+class ProbeConfig(Strict):
+    """Probing (Zhou & Srikumar 2021, 2022): classifier probes, DirectProbe and the geometry of the
+    change, per layer. `tasks` (sentence classification tasks among finetune.tasks) are probed
+    through the pre-trained encoder and each of their fine-tuned encoders; `token_tasks` (conllu
+    tasks among pipeline.tasks) through the pre-trained encoder and every fine-tuned encoder of
+    finetune.tasks (does fine-tuning on one task change the geometry of another?)."""
+
+    tasks: list[str] = Field(default_factory=list)
+    token_tasks: list[str] = Field(default_factory=list)
+    features: Literal["cls", "mean"] = "cls"  # sentence tasks; token tasks use word vectors
+    layers: list[int] | None = (
+        None  # null: every layer (0 = embeddings); negative counts from the end
+    )
+    linear: LinearProbeOptions = LinearProbeOptions()
+    mlp: MLPProbeOptions = MLPProbeOptions()
+    directprobe: DirectProbeOptions = DirectProbeOptions()
+    num_threads: int = Field(1, ge=0)  # CPU threads of the probes; 0 = every usable core
+    seed: int = 0
+
+    @field_validator("tasks", "token_tasks", "layers")
+    @classmethod
+    def _unique(cls, v: list | None) -> list | None:
+        if v is not None and len(set(v)) != len(v):
+            raise ValueError("entries must be unique")
+        return v
+
+
 class TrackingConfig(Strict):
     enabled: bool = True
     uri: str | None = None
@@ -250,6 +317,7 @@ class Params(Strict):
     embed: EmbedConfig = EmbedConfig()
     isotropy: IsotropyConfig = IsotropyConfig()
     finetune: FinetuneConfig = Field(default_factory=lambda: FinetuneConfig())
+    probe: ProbeConfig | None = None
     tracking: TrackingConfig = TrackingConfig()
 
     @field_validator("tasks")
@@ -289,7 +357,29 @@ class Params(Strict):
             raise ValueError(
                 f"finetune.tasks: {token} are token-level (conllu) tasks; fine-tuning needs sentence tasks"
             )
+        self._check_probe()
         return self
+
+    def _check_probe(self) -> None:
+        if self.probe is None:  # default: the fine-tuning tasks (params outside DVC may omit it)
+            object.__setattr__(self, "probe", ProbeConfig(tasks=list(self.finetune.tasks)))
+        pr = self.probe
+        outside = [t for t in pr.tasks if t not in self.finetune.tasks]
+        if outside:
+            raise ValueError(
+                f"probe.tasks names {outside} that finetune.tasks does not fine-tune (each probed "
+                f"task is compared with its fine-tuned encoders); finetune.tasks: {self.finetune.tasks}"
+            )
+        bad = [
+            t
+            for t in pr.token_tasks
+            if t not in self.pipeline.tasks or self.tasks[t].scheme != "conllu"
+        ]
+        if bad:
+            raise ValueError(
+                f"probe.token_tasks: {bad} must be token-level (conllu) tasks listed in pipeline.tasks; "
+                f"pipeline.tasks: {self.pipeline.tasks}"
+            )
 
     def task(self, name: str) -> TaskConfig:
         if name not in self.tasks:

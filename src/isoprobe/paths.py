@@ -77,3 +77,31 @@ def finetune_plot_file(task: str, method: str, seed: int) -> Path:
 def finetuned_encoder(method: str, seed: int) -> str:
     """The `encoder` label of a fine-tuned model, as used by embeddings_dir and the isotropy paths."""
     return f"finetuned/{method}/{seed}"
+
+
+def probed_encoder(
+    task: str, method: str | None = None, seed: int | None = None, finetune_task: str | None = None
+) -> str:
+    """Name of an encoder probed on `task`: `pretrained`, `<method>/<seed>` (fine-tuned on `task`
+    itself) or `<finetune_task>/<method>/<seed>` (fine-tuned on another task)."""
+    if method is None:
+        return "pretrained"
+    if finetune_task is None or finetune_task == task:
+        return f"{method}/{seed}"
+    return f"{finetune_task}/{method}/{seed}"
+
+
+def probe_metrics_file(task: str, encoder: str = "pretrained") -> Path:
+    return Path("metrics/probe") / task / f"{encoder}.json"
+
+
+def probe_arrays_file(task: str, encoder: str = "pretrained") -> Path:
+    return Path("data/probe") / task / f"{encoder}.safetensors"
+
+
+def probe_plot_file(task: str, encoder: str = "pretrained") -> Path:
+    return Path("plots/probe") / task / f"{encoder.replace('/', '_')}_by_layer.csv"
+
+
+def probe_summary_dir() -> Path:
+    return Path("plots/probe_summary")

@@ -27,12 +27,18 @@ def task_arguments(description: str) -> argparse.Namespace:
     return p.parse_args()
 
 
-def instance_arguments(description: str) -> argparse.Namespace:
-    """Arguments of a matrix instance: task, method, seed (finetune, embed_post)."""
+def instance_arguments(description: str, finetune_task: bool = False) -> argparse.Namespace:
+    """Arguments of a matrix instance: task, method, seed (finetune, embed_post, probe_post), and
+    with `finetune_task` the option --finetune-task (the task the encoder was fine-tuned on)."""
     p = argparse.ArgumentParser(description=description)
     p.add_argument("task", help="task name (one of finetune.tasks)")
     p.add_argument("method", help="[CLS] treatment (one of finetune.methods)")
     p.add_argument("seed", type=int, help="seed (one of finetune.seeds)")
+    if finetune_task:
+        p.add_argument(
+            "--finetune-task",
+            help="the task the encoder was fine-tuned on (default: `task` itself)",
+        )
     p.add_argument("--params", default="params.yaml", help="params file (default: params.yaml)")
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
     return p.parse_args()
