@@ -1,24 +1,35 @@
-"""Exact linear separability and distances between convex hulls of point sets (HiGHS, no license).
+"""Exact linear separability and distances between convex hulls of point sets.
 
 `separate(P, Q)` decides whether hull(P) and hull(Q) are disjoint, i.e. P and Q are strictly linearly
-separable: the LP  w.p + b >= 1 (p in P), w.q + b <= -1 (q in Q)  is feasible. `hull_distance(P, Q)`
-is the Euclidean distance between the hulls: 2 / ||w|| of the hard-margin SVM (the QP
-min ||w||^2 / 2 under the same constraints), 0 when they intersect.
+separable; `hull_distance(P, Q)` is the Euclidean distance between the hulls (0 when they meet) and
+`point_hull_distances(X, P)` the distance from each row of X to hull(P).
 
-Both solve over a growing subset of the points (constraint generation): a subset that overlaps proves
-overlap; a hyperplane that separates every point (checked with one matrix product) proves separation,
-and the SVM on a subset is the SVM of the whole set once no point violates its margin. Only the few
-points near the boundary ever enter the solver, so sets of thousands of points in hundreds of
-dimensions take milliseconds. Coordinates are centred and scaled before solving.
+All three run Wolfe's active-set method for the nearest points of two hulls: the minimum of
+||P'lam - Q'mu|| over convex weights lam, mu. It keeps an affinely independent set of active rows
+(at most d + 2) whose weights minimise that norm on their affine hull, adds the row that most
+violates optimality (one matrix product over all rows), and drops rows whose weight would turn
+negative. Every iterate certifies something exactly:
+- x = P'lam - Q'mu is a point of hull(P) - hull(Q), so ||x|| bounds the distance from above, and
+  when ||x|| <= _EPS (scaled coordinates) the active rows are a witness: at most d + 2 points whose
+  hulls meet (Caratheodory), reusable for every pair of supersets;
+- min_p x.p - max_q x.q > 0 means the hyperplane with normal x separates the sets (checked on every
+  row), and divided by ||x|| it bounds the distance from below; the two bounds meet at the optimum.
+Coordinates are centred and scaled first. When rounding stalls the method, the decision falls back to
+an LP on HiGHS (max delta s.t. w.p + b >= delta, w.q + b <= -delta, -1 <= w <= 1: half the L1
+distance between the hulls, 0 when they meet; its dual support is the witness) and the distance to
+the hard-margin SVM QP, both with constraint generation over a growing subset of rows.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
 
-_ADD = 64  # points per side added to the subset per round
+_ADD = 64  # rows per side added to an LP subset per round
+_EPS = 1e-9  # hulls closer than this (scaled coordinates) meet
+_EXACT = 1.0 - 1e-10  # margin fraction that counts as the optimum (distances)
 
 
 @dataclass
@@ -27,7 +38,314 @@ class Separation:
     w: np.ndarray | None = None  # [d] (original coordinates): w.p - t > 0 > w.q - t
     t: float = 0.0  # threshold, midway between the two sides
     witness: tuple[np.ndarray, np.ndarray] | None = None  # row indices of P, Q whose hulls meet
-    rounds: int = 0
+    rounds: int = 0  # LP rounds (0: decided without the LP)
+    support: tuple[np.ndarray, np.ndarray] | None = None  # rows of P, Q active at the end
+    basis: Basis | None = None  # Wolfe's final active rows, to restart a later call from
+
+
+@dataclass
+class Basis:
+    """Active rows of Wolfe's method, reusable by a later call in the same frame: the columns
+    (1, 0, p) for rows of P (side 0) and (0, 1, -q) for rows of Q (side 1) as A = QR."""
+
+    side: np.ndarray  # [k]
+    rows: np.ndarray  # [k] row indices into P or Q (the caller may rename them)
+    Q: np.ndarray  # [d + 2, k]
+    R: np.ndarray  # [k, k]
+    beta: np.ndarray  # [k] convex weights per side
+    age: int = 0  # updates since the last fresh factorisation
+
+
+_CONTROLLER = None
+
+
+def one_thread():
+    """Context manager: BLAS on one thread. The products here are small, so threads only contend
+    (badly on a busy machine), and one thread keeps results identical across machines."""
+    global _CONTROLLER
+    if _CONTROLLER is None:
+        import scipy.linalg  # noqa: F401  (load its BLAS before listing libraries)
+        from threadpoolctl import ThreadpoolController
+
+        _CONTROLLER = ThreadpoolController()
+    return _CONTROLLER.limit(limits=1, user_api="blas")
+
+
+def _frame(P: np.ndarray, Q: np.ndarray) -> tuple[np.ndarray, float]:
+    """Centre and scale: z = (x - c) / s keeps coordinates near 1."""
+    c = (P.mean(0) + Q.mean(0)) / 2
+    s = float(np.sqrt(((np.vstack([P, Q]) - c) ** 2).sum(1).mean())) or 1.0
+    return c, s
+
+
+def _separates(lo: float, hi: float, w: np.ndarray) -> bool:
+    """Do projections onto w with minimum lo on one side and maximum hi on the other leave a gap
+    (in distance units, scaled coordinates) that rounding cannot explain?"""
+    norm = float(np.linalg.norm(w))
+    return norm > 0 and (lo - hi) / norm > 1e-9 * max(1.0, abs(lo) / norm, abs(hi) / norm)
+
+
+def _qr_insert(*args, **kwargs):
+    from scipy.linalg import qr_insert
+
+    return getattr(qr_insert, "__wrapped__", qr_insert)(*args, **kwargs)  # skip batch handling
+
+
+def _qr_delete(*args, **kwargs):
+    from scipy.linalg import qr_delete
+
+    return getattr(qr_delete, "__wrapped__", qr_delete)(*args, **kwargs)
+
+
+class _Stall(Exception):
+    """Wolfe's method lost progress to rounding."""
+
+
+class _Corral:
+    """Active rows of zp (side 0) and zq (side 1) as columns (1, 0, p) and (0, 1, -q) of A [d + 2, k],
+    kept as A = QR, with convex weights beta per side."""
+
+    def __init__(self, zp: np.ndarray, zq: np.ndarray, side: np.ndarray, rows: np.ndarray):
+        self.zp, self.zq = zp, zq
+        if not ((side == 0).any() and (side == 1).any()):
+            raise _Stall
+        A = np.stack([self.column(s, r) for s, r in zip(side, rows, strict=True)], 1)
+        Q, R = np.linalg.qr(A)
+        keep = np.abs(np.diag(R)) > 1e-10 * np.linalg.norm(A, axis=0)
+        if not keep.all():  # affinely dependent rows: keep an independent part
+            A, side, rows = A[:, keep], side[keep], rows[keep]
+            Q, R = np.linalg.qr(A)
+        if not ((side == 0).any() and (side == 1).any()):
+            raise _Stall
+        self.Q, self.R, self.side, self.rows = Q, R, side, rows
+        self.beta = np.where(side == 0, 1.0 / (side == 0).sum(), 1.0 / (side == 1).sum())
+        self.age = 0
+
+    @classmethod
+    def restart(cls, zp: np.ndarray, zq: np.ndarray, basis: Basis) -> _Corral:
+        """From a basis whose rows index zp / zq, or -1 for rows that are gone (dropped)."""
+        if basis.age > 4 * (zp.shape[1] + 2):  # refresh a factorisation worn by updates
+            keep = basis.rows >= 0
+            return cls(zp, zq, basis.side[keep], basis.rows[keep])
+        corral = object.__new__(cls)
+        corral.zp, corral.zq = zp, zq
+        corral.Q, corral.R, corral.age = basis.Q.copy(), basis.R.copy(), basis.age
+        corral.side, corral.rows, corral.beta = basis.side, basis.rows, basis.beta
+        corral.drop(np.flatnonzero(basis.rows < 0))
+        return corral
+
+    def basis(self) -> Basis:
+        return Basis(self.side, self.rows, self.Q, self.R, self.beta, self.age)
+
+    def drop(self, idx: np.ndarray) -> None:
+        """Remove active rows (positions idx), renormalising the weights per side."""
+        for i in np.sort(idx)[::-1]:
+            self.Q, self.R = _qr_delete(
+                self.Q, self.R, int(i), 1, which="col", overwrite_qr=True, check_finite=False
+            )
+        self.age += len(idx)
+        self.side, self.rows = np.delete(self.side, idx), np.delete(self.rows, idx)
+        beta = np.maximum(np.delete(self.beta, idx), 0.0)
+        on = self.side == 0
+        if not (on.any() and (~on).any()):
+            raise _Stall
+        for half in (on, ~on):
+            total = beta[half].sum()
+            beta[half] = beta[half] / total if total > 0 else 1.0 / half.sum()
+        self.beta = beta
+
+    def column(self, s: int, r: int) -> np.ndarray:
+        col = np.zeros(self.zp.shape[1] + 2)
+        col[s], col[2:] = 1.0, (self.zp[r] if s == 0 else -self.zq[r])
+        return col
+
+    def x(self) -> np.ndarray:
+        on = self.side == 0
+        return self.beta[on] @ self.zp[self.rows[on]] - self.beta[~on] @ self.zq[self.rows[~on]]
+
+    def insert(self, s: int, r: int) -> bool:
+        """Add a row with weight 0; False (and nothing added) if it is affinely dependent."""
+        col, k = self.column(s, r), len(self.rows)
+        if k + 1 > len(col):
+            return False
+        try:
+            Q, R = _qr_insert(
+                self.Q, self.R, col, k, which="col", overwrite_qru=False, check_finite=False
+            )
+        except np.linalg.LinAlgError:  # (economic QR) the column is in the span
+            return False
+        if abs(R[k, k]) <= 1e-10 * np.linalg.norm(col):
+            self.Q, self.R = _qr_delete(
+                Q, R, k, 1, which="col", overwrite_qr=True, check_finite=False
+            )
+            return False
+        self.Q, self.R = Q, R
+        self.age += 1
+        self.side, self.rows, self.beta = (
+            np.r_[self.side, s],
+            np.r_[self.rows, r],
+            np.r_[self.beta, 0],
+        )
+        return True
+
+    def settle(self) -> None:
+        """Minor cycles: move the weights to the minimiser of ||x|| on the affine hull of the active
+        rows, dropping the rows whose weight reaches 0 on the way."""
+        from scipy.linalg.lapack import dtrtrs
+
+        while True:
+            k, on = len(self.rows), self.side == 0
+            u, info = dtrtrs(self.R[:k, :k], self.Q[:2, :k].T)  # [k, 2]: R^-1 Q[0], R^-1 Q[1]
+            (spp, spq), (sqp, sqq) = u[on].sum(0), u[~on].sum(0)
+            det = spp * sqq - spq * sqp
+            if info != 0 or not det:
+                raise _Stall
+            a, b = (sqq - spq) / det, (spp - sqp) / det  # S [a, b] = [1, 1]
+            target = a * u[:, 0] + b * u[:, 1]  # weights summing to 1 per side, minimising ||x||
+            if (target > 1e-14).all():
+                self.beta = target
+                return
+            low = target <= 1e-14
+            beta = np.maximum(self.beta, 0.0)
+            fall = beta[low] - target[low]
+            ratio = np.where(fall > 0, beta[low] / np.where(fall > 0, fall, 1.0), 0.0)
+            theta = float(np.clip(ratio.min(), 0.0, 1.0))  # step to the first weight reaching 0
+            beta = np.maximum(theta * target + (1 - theta) * beta, 0.0)
+            drop = np.flatnonzero(low & (beta <= 1e-14))
+            if not drop.size:
+                drop = np.flatnonzero(low)[[int(np.argmin(ratio))]]
+            self.beta = beta
+            self.drop(drop)
+
+    def active(self) -> tuple[np.ndarray, np.ndarray]:
+        on = self.side == 0
+        return np.sort(self.rows[on]), np.sort(self.rows[~on])
+
+
+def _corral(
+    zp: np.ndarray,
+    zq: np.ndarray,
+    direction: np.ndarray | None,
+    start: tuple[np.ndarray, np.ndarray] | None,
+    basis: Basis | None = None,
+) -> _Corral:
+    """Start from a basis (rows -1: gone), else the rows `start` (indices of zp, zq), else the
+    rows furthest along `direction` (from zq towards zp)."""
+    if basis is not None:
+        try:
+            corral = _Corral.restart(zp, zq, basis)
+            corral.settle()
+            return corral
+        except _Stall:
+            pass
+    if start is not None and len(start[0]) and len(start[1]):
+        side = np.r_[np.zeros(len(start[0]), int), np.ones(len(start[1]), int)]
+        rows = np.r_[start[0], start[1]].astype(int)
+    else:
+        v = zp.mean(0) - zq.mean(0) if direction is None else direction
+        side, rows = np.array([0, 1]), np.array([np.argmin(zp @ v), np.argmax(zq @ v)])
+    corral = _Corral(zp, zq, side, rows)
+    corral.settle()
+    return corral
+
+
+def _steps(corral: _Corral) -> Iterator[tuple[np.ndarray, float, float]]:
+    """Wolfe's method on rows zp [n, d] and zq [m, d] of the corral: yields (x, lo, hi) per major
+    cycle, x the current point of hull(zp) - hull(zq), lo = min zp.x, hi = max zq.x. Ends once
+    ||x|| <= _EPS or no row improves x (the optimum, up to rounding). Raises _Stall."""
+    zp, zq = corral.zp, corral.zq
+    d = zp.shape[1]
+    scale = max(np.abs(zp).max(), np.abs(zq).max()) * np.sqrt(d)
+    for _ in range(20 * (d + 2)):
+        x = corral.x()
+        sp, sq = zp @ x, zq @ x
+        xx = float(x @ x)
+        yield x, sp.min(), sq.max()
+        if xx <= _EPS**2:
+            return
+        on = corral.side == 0
+        cp, cq = sp[corral.rows[on]].mean(), sq[corral.rows[~on]].mean()
+        sp[corral.rows[on]], sq[corral.rows[~on]] = np.inf, -np.inf  # active rows are not new
+        i, j = int(np.argmin(sp)), int(np.argmax(sq))
+        gains = sorted([(cp - sp[i], 0, i), (sq[j] - cq, 1, j)], reverse=True)
+        noise = 1e-12 * np.sqrt(xx) * scale  # rounding in the projections
+        added = False
+        for gain, s, r in gains:
+            if gain > noise:
+                added = corral.insert(s, r) or added
+        if not added:
+            return
+        corral.settle()
+    raise _Stall(corral.active())
+
+
+def _nearest(
+    zp: np.ndarray,
+    zq: np.ndarray,
+    direction: np.ndarray | None = None,
+    start: tuple[np.ndarray, np.ndarray] | None = None,
+    margin: float = 0.0,
+    basis: Basis | None = None,
+) -> tuple[bool, np.ndarray, _Corral]:
+    """Wolfe's method on rows zp [n, d] and zq [m, d] (see _corral for the start). Returns
+    (separable, x, corral): separable once x separates every row with
+    (min zp.x - max zq.x) >= margin * ||x||^2 (margin 1: the optimum, ||x|| is the distance), not
+    separable once ||x|| <= _EPS. Raises _Stall."""
+    corral = _corral(zp, zq, direction, start, basis)
+    apart = False
+    for x, lo, hi in _steps(corral):
+        if x @ x <= _EPS**2:
+            return False, x, corral
+        apart = _separates(lo, hi, x)
+        if apart and lo - hi >= margin * (x @ x):
+            return True, x, corral
+    if apart:  # the optimum, up to rounding
+        return True, x, corral
+    raise _Stall(corral.active())
+
+
+def separate(
+    P: np.ndarray,
+    Q: np.ndarray,
+    direction: np.ndarray | None = None,
+    start: tuple[np.ndarray, np.ndarray] | None = None,
+    margin: float = 0.0,
+    frame: tuple[np.ndarray, float] | None = None,
+    basis: Basis | None = None,
+) -> Separation:
+    """Exact strict linear separability of P [n, d] and Q [m, d].
+
+    Optional: where to begin, `basis` (the .basis of an earlier result in the same `frame`, its
+    rows renamed to rows of P and Q, -1 for rows that are gone), else `start` (row indices of P and
+    Q, e.g. an earlier support), else `direction` [d] (from Q towards P); `margin` in [0, 1]: keep
+    improving a separating hyperplane until its margin is at least that fraction of the best bound
+    so far (0: stop at the first; 1: the maximum-margin hyperplane); `frame` (c [d], s): the
+    coordinates (x - c) / s to work in (default: centred and scaled for P and Q)."""
+    P, Q = np.asarray(P, dtype=np.float64), np.asarray(Q, dtype=np.float64)
+    c, s = _frame(P, Q) if frame is None else frame
+    zp, zq = (P - c) / s, (Q - c) / s
+    try:
+        with one_thread():
+            separable, x, corral = _nearest(zp, zq, direction, start, margin, basis)
+    except _Stall as stall:
+        return _separate_lp(zp, zq, c, s, direction, stall.args[0] if stall.args else None)
+    if not separable:
+        active = corral.active()
+        return Separation(False, witness=active, support=active, basis=corral.basis())
+    out = _separation(zp, zq, x, 0.0, c, s, rounds=0)
+    out.support, out.basis = corral.active(), corral.basis()
+    return out
+
+
+def _separation(
+    zp: np.ndarray, zq: np.ndarray, w: np.ndarray, b: float, c: np.ndarray, s: float, rounds: int
+) -> Separation:
+    """Separation (original coordinates) from w.z + b, threshold midway between the sides."""
+    lo, hi = (zp @ w).min() + b, (zq @ w).max() + b
+    return Separation(True, w / s, float((lo + hi) / 2 - b + (w / s) @ c), rounds=rounds)
+
+
+# ---------------------------------------------------------------------- HiGHS fallbacks
 
 
 def _highs():
@@ -39,9 +357,107 @@ def _highs():
     return h
 
 
-def _solve(zp: np.ndarray, zq: np.ndarray, quadratic: bool) -> np.ndarray | None:
-    """(w, b) [d + 1] with w.p + b >= 1 on rows of zp and w.q + b <= -1 on rows of zq, minimising
-    ||w||^2 when `quadratic` (else any feasible point); None when infeasible."""
+def _initial(
+    zp: np.ndarray, zq: np.ndarray, direction: np.ndarray | None
+) -> tuple[np.ndarray, np.ndarray]:
+    """The _ADD rows of each side that reach furthest towards the other along `direction`."""
+    v = zp.mean(0) - zq.mean(0) if direction is None else direction
+    sp, sq = np.argsort(zp @ v, kind="stable"), np.argsort(-(zq @ v), kind="stable")
+    return sp[:_ADD], sq[:_ADD]
+
+
+def _most(violation: np.ndarray, chosen: np.ndarray) -> np.ndarray:
+    """Up to _ADD indices with the largest positive violation that are not chosen (bool [n])."""
+    v = np.where(chosen, -np.inf, violation)
+    top = np.argsort(-v, kind="stable")[:_ADD]
+    return top[v[top] > 0]
+
+
+class _MarginLP:
+    """max delta over (w [d] in [-1, 1], b, delta) with rows added per point (dual simplex)."""
+
+    def __init__(self, d: int):
+        import highspy
+
+        self.d, self.inf = d, highspy.kHighsInf
+        self.h = h = _highs()
+        h.setOptionValue("solver", "simplex")
+        h.setOptionValue("simplex_strategy", 1)  # dual: added rows keep the basis dual feasible
+        h.setOptionValue("presolve", "off")
+        nv, inf = d + 2, self.inf
+        h.addVars(nv, np.r_[-np.ones(d), -inf, -inf], np.r_[np.ones(d), inf, inf])
+        h.changeColsCost(nv, np.arange(nv, dtype=np.int32), np.r_[np.zeros(d + 1), -1.0])
+        self.rows: list[np.ndarray] = []  # per batch: 1 + index for P, -1 - index for Q
+
+    def add(self, zp: np.ndarray, ip: np.ndarray, zq: np.ndarray, iq: np.ndarray) -> None:
+        nv, inf, k = self.d + 2, self.inf, len(ip) + len(iq)
+        if not k:
+            return
+        vals = np.vstack(
+            [
+                np.c_[zp[ip], np.ones(len(ip)), -np.ones(len(ip))],
+                np.c_[zq[iq], np.ones((len(iq), 2))],
+            ]
+        )
+        lower = np.r_[np.zeros(len(ip)), np.full(len(iq), -inf)]
+        upper = np.r_[np.full(len(ip), inf), np.zeros(len(iq))]
+        starts = np.arange(0, k * nv, nv, dtype=np.int32)
+        index = np.tile(np.arange(nv, dtype=np.int32), k)
+        self.h.addRows(k, lower, upper, k * nv, starts, index, vals.ravel())
+        self.rows.append(np.r_[ip + 1, -(iq + 1)])
+
+    def solve(self) -> tuple[np.ndarray, float, float]:
+        """(w [d], b, delta) at the optimum."""
+        import highspy
+
+        self.h.run()
+        status = self.h.getModelStatus()
+        if status != highspy.HighsModelStatus.kOptimal:
+            raise RuntimeError(f"HiGHS ended with status {self.h.modelStatusToString(status)}")
+        x = np.asarray(self.h.getSolution().col_value)
+        return x[: self.d], float(x[self.d]), float(x[self.d + 1])
+
+    def support(self) -> tuple[np.ndarray, np.ndarray]:
+        """Indices of P and Q whose rows carry a non-zero dual weight (sorted)."""
+        rows = np.concatenate(self.rows)
+        on = rows[np.abs(np.asarray(self.h.getSolution().row_dual)) > 0]
+        return np.sort(on[on > 0] - 1), np.sort(-on[on < 0] - 1)
+
+
+def _separate_lp(
+    zp: np.ndarray,
+    zq: np.ndarray,
+    c: np.ndarray,
+    s: float,
+    direction: np.ndarray | None,
+    start: tuple[np.ndarray, np.ndarray] | None = None,
+) -> Separation:
+    """separate() by the max-margin LP with constraint generation (from the rows `start`)."""
+    inp, inq = np.zeros(len(zp), bool), np.zeros(len(zq), bool)
+    lp = _MarginLP(zp.shape[1])
+    ip, iq = _initial(zp, zq, direction)
+    if start is not None:
+        ip, iq = np.union1d(ip, start[0]), np.union1d(iq, start[1])
+    rounds = 0
+    while True:
+        lp.add(zp, ip, zq, iq)
+        inp[ip], inq[iq] = True, True
+        rounds += 1
+        w, b, delta = lp.solve()
+        if delta <= _EPS:
+            return Separation(False, witness=lp.support(), rounds=rounds, support=lp.support())
+        mp, mq = zp @ w + b, zq @ w + b
+        if _separates(mp.min(), mq.max(), w):
+            out = _separation(zp, zq, w, b, c, s, rounds)
+            out.support = lp.support()
+            return out
+        ip, iq = _most(delta - mp, inp), _most(mq + delta, inq)
+        if not (ip.size or iq.size):
+            raise RuntimeError("separation LP stalled (margin below solver tolerance)")
+
+
+def _svm(zp: np.ndarray, zq: np.ndarray) -> np.ndarray | None:
+    """(w, b) [d + 1] of the hard-margin SVM on rows zp (>= 1) and zq (<= -1); None if they meet."""
     import highspy
 
     d = zp.shape[1]
@@ -58,20 +474,17 @@ def _solve(zp: np.ndarray, zq: np.ndarray, quadratic: bool) -> np.ndarray | None
     lp.a_matrix_.start_ = np.arange(0, m * (d + 1) + 1, d + 1, dtype=np.int32)
     lp.a_matrix_.index_ = np.tile(np.arange(d + 1, dtype=np.int32), m)
     lp.a_matrix_.value_ = np.hstack([rows, np.ones((m, 1))]).ravel()
+    model = highspy.HighsModel()
+    model.lp_ = lp
+    hess = highspy.HighsHessian()
+    hess.dim_ = d + 1
+    hess.format_ = highspy.HessianFormat.kTriangular
+    hess.start_ = np.concatenate([np.arange(d + 1), [d]]).astype(np.int32)
+    hess.index_ = np.arange(d, dtype=np.int32)
+    hess.value_ = np.ones(d)
+    model.hessian_ = hess
     h = _highs()
-    if quadratic:
-        model = highspy.HighsModel()
-        model.lp_ = lp
-        hess = highspy.HighsHessian()
-        hess.dim_ = d + 1
-        hess.format_ = highspy.HessianFormat.kTriangular
-        hess.start_ = np.concatenate([np.arange(d + 1), [d]]).astype(np.int32)
-        hess.index_ = np.arange(d, dtype=np.int32)
-        hess.value_ = np.ones(d)
-        model.hessian_ = hess
-        h.passModel(model)
-    else:
-        h.passModel(lp)
+    h.passModel(model)
     h.run()
     status = h.getModelStatus()
     if status == highspy.HighsModelStatus.kInfeasible:
@@ -81,63 +494,114 @@ def _solve(zp: np.ndarray, zq: np.ndarray, quadratic: bool) -> np.ndarray | None
     return np.asarray(h.getSolution().col_value)
 
 
-def _frame(P: np.ndarray, Q: np.ndarray) -> tuple[np.ndarray, float]:
-    """Centre and scale: z = (x - c) / s keeps solver coefficients near 1."""
-    c = (P.mean(0) + Q.mean(0)) / 2
-    s = float(np.sqrt(((np.vstack([P, Q]) - c) ** 2).sum(1).mean())) or 1.0
-    return c, s
-
-
-def _initial(
-    zp: np.ndarray, zq: np.ndarray, direction: np.ndarray | None
-) -> tuple[np.ndarray, np.ndarray]:
-    """Start from the points of each side that reach furthest towards the other along `direction`."""
-    v = zp.mean(0) - zq.mean(0) if direction is None else direction
-    sp, sq = np.argsort(zp @ v, kind="stable"), np.argsort(-(zq @ v), kind="stable")
-    return sp[:_ADD], sq[:_ADD]
-
-
-def _grow(chosen: np.ndarray, violation: np.ndarray) -> np.ndarray:
-    """Add up to _ADD of the most violating points not yet chosen (violation > 0)."""
-    mask = violation > 0
-    mask[chosen] = False
-    new = np.flatnonzero(mask)
-    new = new[np.argsort(-violation[new], kind="stable")[:_ADD]]
-    return np.union1d(chosen, new)
-
-
-def separate(P: np.ndarray, Q: np.ndarray, direction: np.ndarray | None = None) -> Separation:
-    """Exact strict linear separability of P [n, d] and Q [m, d]."""
-    P, Q = np.asarray(P, dtype=np.float64), np.asarray(Q, dtype=np.float64)
-    c, s = _frame(P, Q)
-    zp, zq = (P - c) / s, (Q - c) / s
-    ip, iq = _initial(zp, zq, direction)
-    rounds = 0
-    while True:
-        rounds += 1
-        sol = _solve(zp[ip], zq[iq], quadratic=False)
-        if sol is None:
-            return Separation(False, witness=(ip, iq), rounds=rounds)
-        w, b = sol[:-1], sol[-1]
-        mp, mq = zp @ w + b, zq @ w + b
-        lo, hi = mp.min(), mq.max()
-        if lo > hi + 1e-9 * max(1.0, abs(lo), abs(hi)):
-            return Separation(True, w / s, float((lo + hi) / 2 - b + (w / s) @ c), rounds=rounds)
-        ip, iq = _grow(ip, 1.0 - mp), _grow(iq, mq + 1.0)
-
-
-def hull_distance(P: np.ndarray, Q: np.ndarray, tol: float = 1e-7) -> float:
-    """Euclidean distance between hull(P) and hull(Q); 0.0 when they intersect."""
-    P, Q = np.asarray(P, dtype=np.float64), np.asarray(Q, dtype=np.float64)
-    c, s = _frame(P, Q)
-    zp, zq = (P - c) / s, (Q - c) / s
+def _hull_distance_qp(zp: np.ndarray, zq: np.ndarray, tol: float = 1e-7) -> float:
+    """Distance (scaled coordinates) by the hard-margin SVM QP with constraint generation."""
     ip, iq = _initial(zp, zq, None)
     while True:
-        sol = _solve(zp[ip], zq[iq], quadratic=True)
+        sol = _svm(zp[ip], zq[iq])
         if sol is None:
             return 0.0
         w, b = sol[:-1], sol[-1]
         vp, vq = 1.0 - (zp @ w + b), (zq @ w + b) + 1.0
         if vp.max() <= tol and vq.max() <= tol:
-            return float(2.0 * s / np.linalg.norm(w))
-        ip, iq = _grow(ip, vp - tol), _grow(iq, vq - tol)
+            return float(2.0 / np.linalg.norm(w))
+        ip = np.union1d(ip, _most(vp - tol, np.isin(np.arange(len(zp)), ip)))
+        iq = np.union1d(iq, _most(vq - tol, np.isin(np.arange(len(zq)), iq)))
+
+
+# ---------------------------------------------------------------------- distances
+
+
+def _distance(zp: np.ndarray, zq: np.ndarray, direction: np.ndarray | None = None) -> float:
+    """Distance between hull(zp) and hull(zq) (same frame); 0 when they meet."""
+    try:
+        separable, x, _ = _nearest(zp, zq, direction, margin=_EXACT)
+    except _Stall:
+        return _hull_distance_qp(zp, zq)
+    return float(np.linalg.norm(x)) if separable else 0.0
+
+
+def hull_distance(P: np.ndarray, Q: np.ndarray) -> float:
+    """Euclidean distance between hull(P [n, d]) and hull(Q [m, d]); 0.0 when they intersect."""
+    P, Q = np.asarray(P, dtype=np.float64), np.asarray(Q, dtype=np.float64)
+    c, s = _frame(P, Q)
+    with one_thread():
+        return s * _distance((P - c) / s, (Q - c) / s)
+
+
+def _own_frame(P: np.ndarray) -> tuple[np.ndarray, float, np.ndarray]:
+    """(c, s, (P - c) / s) for distances from points to hull(P)."""
+    c = P.mean(0)
+    s = float(np.sqrt(((P - c) ** 2).sum(1).mean())) or 1.0
+    return c, s, (P - c) / s
+
+
+def point_hull_distances(X: np.ndarray, P: np.ndarray) -> np.ndarray:
+    """[n] Euclidean distance from each row of X [n, d] to hull(P [m, d]); 0 inside."""
+    X, P = np.asarray(X, dtype=np.float64), np.asarray(P, dtype=np.float64)
+    c, s, zp = _own_frame(P)
+    with one_thread():
+        return np.array([s * _distance(zp, (x - c)[None, :] / s) for x in X])
+
+
+class _Race:
+    """Certified bounds on the distance from one point to one hull, refined a Wolfe step at a
+    time: lower <= distance <= upper; exact once `done`."""
+
+    def __init__(self, frame: tuple[np.ndarray, float, np.ndarray], x: np.ndarray, upper: float):
+        self.c, self.s, self.zp = frame
+        self.zx = ((x - self.c) / self.s)[None, :]
+        self.lower, self.upper, self.done = 0.0, upper, False
+        self.steps: Iterator | None = None
+
+    def step(self) -> None:
+        try:
+            if self.steps is None:
+                self.steps = _steps(_corral(self.zp, self.zx, None, None))
+            x, lo, hi = next(self.steps)
+        except StopIteration:  # the optimum: upper is the distance
+            self.lower, self.done = self.upper, True
+            return
+        except _Stall:
+            self.lower = self.upper = self.s * _hull_distance_qp(self.zp, self.zx)
+            self.done = True
+            return
+        norm = float(np.linalg.norm(x))
+        if norm <= _EPS:
+            self.lower = self.upper = 0.0
+            self.done = True
+            return
+        self.upper = min(self.upper, self.s * norm)
+        self.lower = max(self.lower, self.s * (lo - hi) / norm)
+
+
+def nearest_hulls(X: np.ndarray, sets: list[np.ndarray]) -> np.ndarray:
+    """[n] index of the hull nearest to each row of X [n, d] among hull(sets[k] [m_k, d]); ties
+    go to the lowest index, as with point_hull_distances + argmin. Exact: each point's candidates
+    are refined (Wolfe steps on the widest bound interval) only until one hull is certainly
+    nearest; near-ties are settled by the exact distances."""
+    X = np.asarray(X, dtype=np.float64)
+    sets = [np.asarray(P, dtype=np.float64) for P in sets]
+    frames = [_own_frame(P) for P in sets]
+    tol = 1e-9 * max(f[1] for f in frames)
+    out = np.zeros(len(X), int)
+    with one_thread():
+        for i, x in enumerate(X):
+            near = [float(np.sqrt(((P - x) ** 2).sum(1).min())) for P in sets]  # a member
+            races = [_Race(f, x, u) for f, u in zip(frames, near, strict=True)]
+            while True:
+                upper = np.array([r.upper for r in races])
+                lower = np.array([r.lower for r in races])
+                best = int(np.argmin(upper))
+                rival = np.delete(lower, best)
+                if not rival.size or upper[best] < rival.min() - tol:
+                    out[i] = best
+                    break
+                open_ = [k for k in np.flatnonzero(lower <= upper[best] + tol) if not races[k].done]
+                if not open_:  # a near-tie of exact distances: as point_hull_distances would
+                    tied = np.flatnonzero(lower <= upper[best] + tol)
+                    exact = [point_hull_distances(x[None, :], sets[k])[0] for k in tied]
+                    out[i] = tied[int(np.argmin(exact))]
+                    break
+                races[max(open_, key=lambda k: upper[k] - lower[k])].step()
+    return out
