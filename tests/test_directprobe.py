@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 from sklearn.svm import SVC
 
+from isoprobe import directprobe, hulls
 from isoprobe.directprobe import DirectProbe
 from isoprobe.hulls import hull_distance, separate
 
@@ -118,3 +119,205 @@ def test_lp_separability_agrees_with_hard_margin_svm(seed):
         ip, iq = result.witness
         assert not separate(P[ip], Q[iq]).separable
         assert hull_distance(P, Q) == 0.0
+
+
+# ---------------------------------------------------------------- against plain references
+
+
+def reference_directprobe(X: np.ndarray, y: np.ndarray) -> list[np.ndarray]:
+    """DirectProbe straight from its definition (slow): the closest pair of same-label clusters
+    (squared centroid distance; ties: label order, then the clusters' first members) merges unless
+    the merged hull meets the hull of a cluster of another label (an LP against every one of
+    them); a refused pair is not taken again while both clusters stay as they are."""
+    _, codes = np.unique(y, return_inverse=True)
+    clusters = {i: [i] for i in range(len(X))}  # keyed by first member
+    refused = set()
+    while True:
+        keys = sorted(clusters)
+        centroids = np.array([X[clusters[k]].mean(0) for k in keys])
+        dist = ((centroids[:, None] - centroids[None]) ** 2).sum(-1)
+        best = None
+        for a in range(len(keys)):
+            for b in range(a + 1, len(keys)):
+                ka, kb = keys[a], keys[b]
+                if codes[ka] != codes[kb] or (tuple(clusters[ka]), tuple(clusters[kb])) in refused:
+                    continue
+                key = (dist[a, b], codes[ka], ka, kb)
+                if best is None or key < best:
+                    best = key
+        if best is None:
+            return [np.array(clusters[k]) for k in sorted(clusters)]
+        _, code, ka, kb = best
+        merged = sorted(clusters[ka] + clusters[kb])
+        others = [k for k in clusters if codes[k] != code]
+        if all(separate(X[merged], X[clusters[k]]).separable for k in others):
+            clusters[ka] = merged
+            del clusters[kb]
+        else:
+            refused.add((tuple(clusters[ka]), tuple(clusters[kb])))
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_fit_equals_the_plain_definition_on_random_non_separable_sets(seed):
+    rng = np.random.default_rng(seed)
+    n, d, n_labels = int(rng.integers(20, 60)), int(rng.integers(2, 5)), int(rng.integers(2, 4))
+    X = rng.normal(size=(n, d))
+    y = rng.integers(0, n_labels, n)
+    probe = DirectProbe().fit(X, y)
+    expected = reference_directprobe(X, y)
+    assert probe.stats_.refused > 0  # not linearly separable
+    assert [c.tolist() for c in probe.clusters_] == [c.tolist() for c in expected]
+
+
+def test_fit_equals_the_plain_definition_with_a_large_label():
+    """More than 64 clusters of one label: the merge order compacts its tables on the way."""
+    rng = np.random.default_rng(11)
+    X = rng.normal(size=(90, 2))
+    y = (X[:, 0] * X[:, 1] > 0.3).astype(int)  # label 0 has about 70 points
+    assert (y == 0).sum() > 64
+    probe = DirectProbe().fit(X, y)
+    expected = reference_directprobe(X, y)
+    assert [c.tolist() for c in probe.clusters_] == [c.tolist() for c in expected]
+
+
+def test_fit_is_exact_on_a_larger_random_set():
+    """Every final pair of clusters of different labels is separable (checked by the LP alone)."""
+    rng = np.random.default_rng(5)
+    X = rng.normal(size=(300, 5))
+    y = (np.sin(2 * X[:, 0]) + X[:, 1] * X[:, 2] > 0).astype(int) + (X[:, 3] > 1)
+    probe = DirectProbe().fit(X, y)
+    assert probe.stats_.refused > 0 and probe.n_clusters_ > 3
+    for i, ci in enumerate(probe.clusters_):
+        for j, cj in enumerate(probe.clusters_):
+            if probe.cluster_labels_[i] < probe.cluster_labels_[j]:
+                assert _lp_separable(X[ci], X[cj])
+
+
+def _lp_separable(P: np.ndarray, Q: np.ndarray) -> bool:
+    """The HiGHS LP decision alone (no active-set method)."""
+    c, s = hulls._frame(P, Q)
+    return hulls._separate_lp((P - c) / s, (Q - c) / s, c, s, None).separable
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_separate_agrees_with_the_lp_and_its_witness_is_small_and_overlapping(seed):
+    rng = np.random.default_rng(100 + seed)
+    d, n, m = int(rng.integers(1, 9)), int(rng.integers(1, 30)), int(rng.integers(1, 30))
+    P = rng.normal(size=(n, d))
+    Q = rng.normal(size=(m, d)) + rng.uniform(0, 3) * rng.normal(size=d)
+    if seed % 4 == 1:  # duplicates and ties
+        P, Q = np.round(P), np.round(Q)
+    if seed % 4 == 2 and d > 2:  # both sets in one plane
+        B = rng.normal(size=(2, d))
+        P, Q = rng.normal(size=(n, 2)) @ B, (rng.normal(size=(m, 2)) + 1) @ B
+    result = separate(P, Q, margin=[0.0, 0.5, 1.0][seed % 3])
+    assert result.separable == _lp_separable(P, Q)
+    if result.separable:
+        assert (P @ result.w - result.t).min() > 0 > (Q @ result.w - result.t).max()
+    else:
+        ip, iq = result.witness
+        assert len(ip) + len(iq) <= d + 2
+        assert not _lp_separable(P[ip], Q[iq])
+
+
+def test_separate_restarts_from_a_basis_to_the_same_decision():
+    """A basis from one search (same frame) restarts another on grown or shrunk sets."""
+    rng = np.random.default_rng(7)
+    frame = (np.zeros(6), 1.0)
+    for _ in range(20):
+        P, Q = rng.normal(size=(40, 6)), rng.normal(size=(40, 6)) + rng.uniform(0, 4)
+        first = separate(P[:30], Q[:30], frame=frame)
+        basis = first.basis
+        keep = rng.random(len(basis.rows)) < 0.8  # some rows gone
+        rows = np.where(keep, basis.rows, -1)
+        again = separate(
+            P, Q, frame=frame, basis=hulls.Basis(basis.side, rows, basis.Q, basis.R, basis.beta)
+        )
+        assert again.separable == _lp_separable(P, Q)
+        if again.separable:
+            assert (P @ again.w - again.t).min() > 0 > (Q @ again.w - again.t).max()
+
+
+def test_point_hull_distances_match_the_qp():
+    rng = np.random.default_rng(3)
+    for d in (2, 5, 12):
+        P = rng.normal(size=(30, d))
+        X = np.vstack([rng.normal(size=(8, d)) * 3, P[:3].mean(0, keepdims=True)])  # one inside
+        got = hulls.point_hull_distances(X, P)
+        c, s = hulls._frame(P, P)
+        want = [s * hulls._hull_distance_qp((P - c) / s, ((x - c) / s)[None], 1e-10) for x in X]
+        np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-9)
+        assert got[-1] == 0.0
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_pruned_prediction_equals_brute_force(seed):
+    rng = np.random.default_rng(seed)
+    d = 3 + seed
+    sets = [rng.normal(size=(int(rng.integers(3, 40)), d)) + rng.normal(size=d) for _ in range(6)]
+    X = rng.normal(size=(60, d)) * 1.5
+    brute = np.stack([hulls.point_hull_distances(X, P) for P in sets], 1).argmin(1)
+    assert (hulls.nearest_hulls(X, sets) == brute).all()
+    # ties go to the lowest index, as argmin does
+    assert (hulls.nearest_hulls(X, [sets[0], sets[0].copy()]) == 0).all()
+
+
+def test_predict_is_the_argmin_of_transform():
+    rng = np.random.default_rng(4)
+    X = rng.normal(size=(120, 4))
+    y = (X[:, 0] * X[:, 1] > 0).astype(int)
+    probe = DirectProbe().fit(X, y)
+    query = rng.normal(size=(40, 4)) * 1.5
+    D = probe.transform(query)
+    assert D.shape == (40, probe.n_clusters_)
+    assert (probe.predict(query) == probe.labels_[probe.cluster_labels_[D.argmin(1)]]).all()
+
+
+def test_plan_witness_activation():
+    """A witness applies from the first state in which each of its sides lies in one cluster."""
+    plan = directprobe._Plan([(0, 1, 2), (1, 4, 5), (0, 1, 3), (1, 4, 6)])
+    assert plan.joined(np.array([1])) == 0
+    assert plan.joined(np.array([1, 2])) == 1
+    assert plan.joined(np.array([2, 3])) == 3
+    assert plan.joined(np.array([5, 6])) == 4
+    assert plan.joined(np.array([1, 7])) == np.inf
+    assert plan.rep(8, 3).tolist() == [0, 1, 1, 1, 4, 4, 6, 7]
+
+
+def _lp(P: np.ndarray, Q: np.ndarray) -> hulls.Separation:
+    c, s = hulls._frame(P, Q)
+    return hulls._separate_lp((P - c) / s, (Q - c) / s, c, s, None)
+
+
+def test_lp_calls_hulls_within_solver_tolerance_touching():
+    """Two segments a gap g apart: the LP proves a clear gap, and calls a gap below HiGHS's
+    tolerance touching (not separable, flagged), like an exact contact."""
+    P = np.array([[0.0, 0.0], [0.0, 1.0]])
+    for gap, separable, touching in ((1e-2, True, False), (1e-7, False, True), (0.0, False, False)):
+        out = _lp(P, P + [gap, 0.0])
+        assert (out.separable, out.touching, out.undecided) == (separable, touching, False), gap
+    assert not _lp(P, np.array([[-0.5, 0.5], [0.5, 0.5]])).separable  # crossing
+
+
+def test_time_limit_makes_a_pair_undecided_and_directprobe_counts_it(monkeypatch):
+    """A HiGHS time limit never hangs the fit and never passes silently: separate() says
+    undecided (treated as meeting), and DirectProbe refuses those merges and counts them."""
+    rng = np.random.default_rng(3)
+    P, Q = rng.normal(size=(40, 6)), rng.normal(size=(40, 6)) + 0.5
+
+    def stall(*args, **kwargs):
+        raise hulls._Stall()
+
+    monkeypatch.setattr(hulls, "_nearest", stall)  # force the LP path
+    assert separate(P, Q).separable == _lp(P, Q).separable  # the LP path alone decides exactly
+    monkeypatch.setattr(hulls, "_TIME_LIMIT", 1e-9)
+    out = separate(P, Q)
+    assert out.undecided and not out.separable and len(out.witness[0]) and len(out.witness[1])
+
+    X = np.array([[0.0, 0.0], [1.0, 1.0], [0.0, 1.0], [1.0, 0.0], [0.5, 0.4]])
+    y = np.array(["a", "a", "b", "b", "b"])
+    undecided = hulls.Separation(False, witness=(np.arange(1), np.arange(1)), undecided=True)
+    monkeypatch.setattr(directprobe, "separate", lambda P, Q, *a, **k: undecided)
+    probe = DirectProbe().fit(X, y)
+    assert probe.stats_.undecided >= 1 and probe.stats_.undecided == probe.stats_.lp_calls
+    assert probe.n_clusters_ > 2

@@ -395,6 +395,31 @@ def test_bad_input_stops_cleanly(repo, case, stage_out, expected):
 
 
 @requires_shared
+def test_pos_probed_through_the_finetuned_encoders(repo):
+    """A token task (UD PUD POS) through the pre-trained encoder and the tweets-fine-tuned ones."""
+    params = small_params()
+    params["pipeline"]["tasks"] = ["tweets", "pos"]
+    params["probe"]["token_tasks"] = ["pos"]
+    write_params(repo, params)
+    try:
+        out = sh(repo, DVC, "repro").stdout
+        assert "Running stage 'probe_cross@pos-tweets-isobn-0'" in out
+        assert "Running stage 'finetune@tweets-isobn-0'" not in out
+        pre = json.loads((repo / "metrics/probe/pos/pretrained.json").read_text())
+        post = json.loads((repo / "metrics/probe/pos/tweets/isobn/0.json").read_text())
+        assert pre["features"] == post["features"] == "words" and len(pre["labels"]) == 17
+        assert pre["rows"] == post["rows"] and pre["rows"]["train"] > 5 * SMALL["train"]  # words
+        assert post["finetune_task"] == "tweets" and post["method"] == "isobn"
+        assert 0 < post["cka_to_pretrained"] <= 1 and post["clusters"] >= 1
+        first = pre["layers"][0]["directprobe"]["train"]  # embedding layer: the hard case
+        assert first["clusters"] >= first["labels_present"] and first["undecided_pairs"] == 0
+        for png in ("accuracy", "similarity", "centroids_pca"):
+            assert (repo / f"plots/probe_summary/pos/{png}.png").is_file()
+    finally:
+        write_params(repo, small_params())
+
+
+@requires_shared
 def test_exp_run_switches_task_source_and_task(repo):
     sh(repo, DVC, "exp", "run", "-S", "tasks.tweets.source=glue_tsv:../shared/data/glue/RTE")
     meta = json.loads((repo / "data/prepared/tweets/meta.json").read_text())

@@ -1,32 +1,40 @@
 """DirectProbe (Zhou & Srikumar, NAACL 2021): the clusters a labelled point set forms under linear separation.
 
 Definition: start from one cluster per point; repeatedly take the closest pair of same-label clusters
-(squared Euclidean distance between centroids; ties broken by label order, then position) and merge it
-unless the merged cluster's convex hull would intersect the hull of a cluster of another label; stop
-when no pair is left. A refused pair stays refused, and so does every pair of clusters that contain it
-(clusters only grow, so an overlap never goes away): its distance is never looked at again.
+(squared Euclidean distance between centroids; ties broken by label order, then position, i.e. the
+clusters' first members) and merge it unless the merged cluster's convex hull would intersect the
+hull of a cluster of another label; stop when no pair is left. A refused pair stays refused, and so
+does every pair of clusters that contain it (clusters only grow, so an overlap never goes away): its
+distance is never looked at again. The result is the same as re-checking such pairs.
 
-The merges are found without checking each one (the published procedure merges to the end and
-back-tracks to the last overlap-free state; this is the same idea, repeated). From an overlap-free
-state, the merge order is followed ahead without checks (a plan of merges); the state after t of them
-is overlap-free exactly when all t merges were allowed (each earlier cluster is a subset of a later
-one), so the first refused merge is found by bisection over t, checking whole states. The plan up to
-it is committed, it is refused, and planning resumes. A state is checked only where its clusters are
-new (pairs of old clusters were separable already), with cheap exact certificates first:
-- overlap witnesses: point subsets whose hulls were found to meet (at most d + 2 points, from the
-  dual of the LP) make every state in which both lie in clusters of their own overlapping; a witness
-  found in a late state also tells the first state it applies to, which bounds the bisection;
-- a pool of hyperplanes (directions from ridge regression on the labels, then every separating
-  hyperplane an LP finds), kept with each cluster's minimum and maximum projection: a hyperplane
-  that leaves two clusters on opposite sides proves them (and all their subsets) separable;
-- the bounding spheres (centroid, radius) of two clusters that do not meet prove separation;
-- otherwise an exact LP on HiGHS (isoprobe.hulls.separate) decides, adding a hyperplane or a witness.
+Merges are not checked one by one (the published procedure merges to the end and back-tracks to the
+last overlap-free state; this is the same idea, repeated). From an overlap-free state the merge order
+is followed ahead without checks (a plan); the state after t planned merges is overlap-free exactly
+when all t merges were allowed (every earlier cluster is a subset of a later one), so the first
+refused merge is the first overlapping state. The last state of the plan is checked first; an
+overlap found there comes with a witness (at most d + 2 points whose hulls meet) and the first state
+it applies to bounds the search (hi); states hi - 1, hi - 2, hi - 4, ... follow until one is
+overlap-free (lo), then bisection. Separating hyperplanes found in later states hold for the
+subsets in earlier ones. The plan up to the refused merge is committed and planning resumes.
+
+A state is checked only for pairs with a new cluster (old pairs were separable already), every pair
+of different labels, with exact certificates from cheap to dear:
+- stored witnesses that apply (supersets of an overlapping pair overlap);
+- a pool of hyperplanes (ridge-regression directions for the labels, then every separating
+  hyperplane found), with each committed cluster's projection range: a hyperplane leaving two
+  clusters on opposite sides proves them (and all their subsets) separable;
+- bounding spheres (centroid, radius) that do not meet;
+- isoprobe.hulls.separate: Wolfe's active-set method for the nearest points of the two hulls
+  (restarted from the search behind the best pool hyperplane), HiGHS LP as a fallback; it adds a
+  hyperplane or a witness.
 
 Identical points with different labels can never be separated: they are found first, reported in
 `conflicts_` and left out of the clustering (with `conflicts="fail"`, fit raises instead).
-Prediction labels a point by its nearest cluster hull, computed exactly (isoprobe.hulls) for the
-clusters whose lower bound (pool hyperplanes and the clusters' own support planes) can beat the
-nearest found so far.
+Hulls that touch up to solver tolerance (an LP margin below 1e-6 in scaled coordinates) count as
+meeting (`stats_.touching`); a pair HiGHS cannot decide (60 s limit per solve, or a solver failure)
+is refused as well and counted in `stats_.undecided` with a warning: never a hang, never unseen. predict
+labels a point by its nearest cluster hull (isoprobe.hulls.nearest_hulls: certified distance bounds,
+refined only as far as the choice needs); transform gives the exact distances to all hulls.
 """
 
 from __future__ import annotations
@@ -42,6 +50,7 @@ from tqdm.auto import tqdm
 from isoprobe.hulls import (
     Basis,
     hull_distance,
+    nearest_hulls,
     one_thread,
     point_hull_distances,
     separate,
@@ -50,7 +59,7 @@ from isoprobe.hulls import (
 log = logging.getLogger(__name__)
 
 _MIN_PLAN = 16  # shortest plan after a refusal
-_GROW = 4.0  # growth factor of the plan length
+_GROW = 4  # a plan after a refusal is this many times the merges committed before it
 _CHUNK = 32  # hyperplanes tested at once
 _BASES = 32  # search bases kept for restarts (about 2 MB each)
 _MARGIN = 0.5  # separating hyperplanes found are improved to this fraction of the best margin
@@ -65,6 +74,8 @@ class ProbeStats:
     certified_by_spheres: int = 0
     refused_by_witness: int = 0
     hyperplanes: int = 0
+    touching: int = 0  # pairs refused with a gap below solver tolerance (hulls touch)
+    undecided: int = 0  # pairs refused because HiGHS ran out of time (reported, never hidden)
     extra: dict = field(default_factory=dict)
 
 
@@ -127,27 +138,24 @@ class _Order:
         new.labels, new.best, new.owned = list(self.labels), self.best.copy(), set()
         return new
 
-    def compact(self) -> None:
-        """Drop the positions of merged clusters from labels where they are the majority (the
-        order of positions, hence tie-breaking, is kept)."""
-        for code, lab in enumerate(self.labels):
-            keep = np.flatnonzero(lab.alive)
-            if 2 * len(keep) > len(lab.alive):
-                continue
-            pos = np.full(len(lab.alive), -1)
-            pos[keep] = np.arange(len(keep))
-            sub = np.ix_(keep, keep)
-            self.labels[code] = _Label(
-                lab.slots[keep],
-                lab.alive[keep],
-                lab.centroid[keep],
-                lab.size[keep],
-                lab.dist[sub],
-                lab.refused[sub],
-                lab.rowmin[keep],
-                pos[lab.rowarg[keep]],
-            )
-            self.owned.add(code)
+    def _compact(self, code: int) -> None:
+        """Drop the positions of merged clusters (their order, hence tie-breaking, is kept)."""
+        lab = self.labels[code]
+        keep = np.flatnonzero(lab.alive)
+        pos = np.full(len(lab.alive), -1)
+        pos[keep] = np.arange(len(keep))
+        sub = np.ix_(keep, keep)
+        self.labels[code] = _Label(
+            lab.slots[keep],
+            lab.alive[keep],
+            lab.centroid[keep],
+            lab.size[keep],
+            lab.dist[sub],
+            lab.refused[sub],
+            lab.rowmin[keep],
+            np.maximum(pos[lab.rowarg[keep]], 0),  # rows without a finite entry: any column
+        )
+        self.owned.add(code)
 
     def _own(self, code: int) -> _Label:
         if code not in self.owned:
@@ -160,7 +168,7 @@ class _Order:
         return lab.centroid[int(np.searchsorted(lab.slots, slot))]
 
     def next(self) -> tuple[int, int, int] | None:
-        """(label, i, j) of the closest pair, i < j positions; None when none is left."""
+        """(label, a, b): slots of the closest pair, a first by position; None when none is left."""
         if not self.best.size:
             return None
         code = int(np.argmin(self.best))
@@ -168,11 +176,12 @@ class _Order:
             return None
         lab = self.labels[code]
         i = int(np.argmin(lab.rowmin))
-        return code, i, int(lab.rowarg[i])
+        return code, int(lab.slots[i]), int(lab.slots[lab.rowarg[i]])
 
-    def merge(self, code: int, i: int, j: int) -> None:
-        """Cluster at position j joins the one at position i (i < j)."""
+    def merge(self, code: int, a: int, b: int) -> None:
+        """Cluster b joins cluster a (a first by position)."""
         lab = self._own(code)
+        i, j = np.searchsorted(lab.slots, (a, b))
         na, nb = lab.size[i], lab.size[j]
         lab.centroid[i] = (na * lab.centroid[i] + nb * lab.centroid[j]) / (na + nb)
         lab.size[i] = na + nb
@@ -193,9 +202,12 @@ class _Order:
         better = (new < rowmin) | ((new == rowmin) & (i < rowarg))
         lab.rowmin[others[better]], lab.rowarg[others[better]] = new[better], i
         self.best[code] = lab.rowmin.min()
+        if len(lab.slots) > 64 and 2 * (len(others) + 1) < len(lab.slots):
+            self._compact(code)
 
-    def refuse(self, code: int, i: int, j: int) -> None:
+    def refuse(self, code: int, a: int, b: int) -> None:
         lab = self._own(code)
+        i, j = np.searchsorted(lab.slots, (a, b))
         lab.refused[i, j] = lab.refused[j, i] = True
         lab.dist[i, j] = lab.dist[j, i] = np.inf
         lab.refresh(np.array([i, j]))
@@ -254,9 +266,9 @@ class _Pool:
 
 
 class _Plan:
-    """Merges planned ahead of the committed state: steps (label, i, j, a, b), slot b joining a."""
+    """Merges planned ahead of the committed state: steps (label, a, b), slot b joining a."""
 
-    def __init__(self, steps: list[tuple[int, int, int, int, int]]):
+    def __init__(self, steps: list[tuple[int, int, int]]):
         self.steps = steps
         self.parent = {b: a for *_, a, b in steps}  # a forest: times grow towards the roots
         self.time = {b: k + 1 for k, (*_, b) in enumerate(steps)}
@@ -297,7 +309,7 @@ class _State:
         self.fit, self.t = fit, t
         self.rep = plan.rep(n, t)
         self.slots = np.flatnonzero(fit.active & (self.rep == np.arange(n)))
-        self.new = np.unique(self.rep[[step[3] for step in plan.steps[:t]]])
+        self.new = np.unique(self.rep[[step[1] for step in plan.steps[:t]]])
         self._members: dict[int, np.ndarray] = {}
 
     def parts(self, s: int) -> np.ndarray:
@@ -341,14 +353,11 @@ class _Fit:
         bar = tqdm(total=len(self.X), desc="directprobe", unit="merge", disable=not progress)
         window = len(self.X)
         while True:
-            self.order.compact()
             spec = self.order.copy()
             steps = []
-            while len(steps) < window and (pair := spec.next()) is not None:
-                code, i, j = pair
-                slots = spec.labels[code].slots
-                steps.append((code, i, j, int(slots[i]), int(slots[j])))
-                spec.merge(code, i, j)
+            while len(steps) < window and (step := spec.next()) is not None:
+                steps.append(step)
+                spec.merge(*step)
             if not steps:
                 break
             plan = _Plan(steps)
@@ -357,14 +366,14 @@ class _Fit:
                 self.order = spec
                 spec.owned = set(range(self.n_labels))  # nothing else shares its arrays now
             else:
-                for code, i, j, _, _ in steps[:k]:
-                    self.order.merge(code, i, j)
-                self.order.refuse(*steps[k][:3])
+                for step in steps[:k]:
+                    self.order.merge(*step)
+                self.order.refuse(*steps[k])
                 self.stats.refused += 1
             for *_, a, b in steps[:k]:
                 self.commit(a, b)
             bar.update(k)
-            window = 2 * len(plan) if k == len(plan) else max(_MIN_PLAN, int(_GROW * k))
+            window = 2 * len(plan) if k == len(plan) else max(_MIN_PLAN, _GROW * k)
         bar.close()
         self.stats.merges = len(self.X) - int(self.active.sum())
         self.stats.hyperplanes = self.pool.added
@@ -379,7 +388,10 @@ class _Fit:
         st = self.stats
         st.extra["plans"] = st.extra.get("plans", 0) + 1
         self._acts = [self.activation(plan, w) for w in self.witnesses]
-        lo, hi, back = 0, len(plan) + 1, 1
+        known = min(self._acts, default=np.inf)
+        if known <= len(plan):  # a known witness applies already: no need to look beyond
+            st.refused_by_witness += 1
+        lo, hi, back = 0, int(min(known, len(plan) + 1)), 1
         while hi - lo > 1:
             if hi > len(plan):
                 t = len(plan)
@@ -529,8 +541,8 @@ class _Fit:
             P, Q = state.members(a), state.members(b)
             st.lp_calls += 1
             t0 = time.perf_counter()
-            basis, direction = self.restart(state, a, b, P, Q)
-            result = separate(self.X[P], self.X[Q], direction, None, _MARGIN, self.frame, basis)
+            basis, start, direction = self.restart(state, a, b, P, Q)
+            result = separate(self.X[P], self.X[Q], direction, start, _MARGIN, self.frame, basis)
             log.debug(
                 "lp %d x %d: %s in %d rounds, %.3f s",
                 len(P),
@@ -540,6 +552,12 @@ class _Fit:
                 time.perf_counter() - t0,
             )
             if not result.separable:
+                st.touching += result.touching
+                st.undecided += result.undecided
+                if result.undecided:
+                    log.warning(
+                        "directprobe: a %d x %d pair is undecided (time limit)", len(P), len(Q)
+                    )
                 ip, iq = result.witness
                 found.append((P[ip], Q[iq]))
                 continue
@@ -578,21 +596,26 @@ class _Fit:
 
     def restart(
         self, state: _State, a: int, b: int, P: np.ndarray, Q: np.ndarray
-    ) -> tuple[Basis | None, np.ndarray | None]:
-        """(basis, direction) to start the search for clusters a (points P, above) and b: the
-        best pool direction and the basis of its search, rows renamed to rows of P and Q."""
-        if not self.pool.h:
-            return None, None
+    ) -> tuple[Basis | None, tuple[np.ndarray, np.ndarray] | None, np.ndarray | None]:
+        """(basis, start, direction) to begin the search for clusters a (points P, above) and b:
+        the best pool direction, and the basis of its search (rows renamed to rows of P and Q,
+        -1 where gone) or else the rows of P and Q in its support."""
+        pool = self.pool
+        if not pool.h:
+            return None, None, None
         k, _ = self.best(state, a, b)
         basis = self.bases.get(k)
-        if basis is None:
-            return None, self.pool.W[k]
-        keys, on = basis.rows, basis.side == 0
-        rows = np.full(len(keys), -1)
-        for half, pts in ((on, P), (~on, Q)):
-            pos = np.minimum(np.searchsorted(pts, keys[half]), len(pts) - 1)
-            rows[half] = np.where(pts[pos] == keys[half], pos, -1)
-        return replace(basis, rows=rows), self.pool.W[k]
+        if basis is not None:
+            keys, on = basis.rows, basis.side == 0
+            rows = np.full(len(keys), -1)
+            for half, pts in ((on, P), (~on, Q)):
+                pos = np.minimum(np.searchsorted(pts, keys[half]), len(pts) - 1)
+                rows[half] = np.where(pts[pos] == keys[half], pos, -1)
+            return replace(basis, rows=rows), None, pool.W[k]
+        if pool.support[k] is None:
+            return None, None, pool.W[k]
+        high, low = pool.support[k]
+        return None, (np.flatnonzero(np.isin(P, high)), np.flatnonzero(np.isin(Q, low))), pool.W[k]
 
     def _seed(self) -> None:
         """Starting directions: ridge regression of one-hot labels (one per label, and the
@@ -649,7 +672,6 @@ class DirectProbe:
         self.clusters_ = [rows[c] for c in clusters]
         self.cluster_labels_ = np.array([codes[c[0]] for c in self.clusters_], dtype=int)
         self.n_clusters_ = len(self.clusters_)
-        self._W = fit.pool.W[: fit.pool.h].copy()  # [H, d] for bounds in prediction
         return self
 
     def _drop_conflicts(self, X: np.ndarray, codes: np.ndarray) -> np.ndarray:
@@ -706,8 +728,12 @@ class DirectProbe:
         return out
 
     def predict(self, X: np.ndarray) -> np.ndarray:
-        """The label of the nearest cluster hull of each row."""
-        return self.labels_[self.cluster_labels_[self.transform(X).argmin(1)]]
+        """The label of the nearest cluster hull of each row (exactly as transform(X).argmin(1),
+        refining distance bounds only as far as the choice needs)."""
+        nearest = nearest_hulls(
+            np.asarray(X, dtype=np.float64), [self.X_[c] for c in self.clusters_]
+        )
+        return self.labels_[self.cluster_labels_[nearest]]
 
     def score(self, X: np.ndarray, y: np.ndarray) -> float:
         return float((self.predict(X) == np.asarray(y)).mean())

@@ -1,10 +1,11 @@
 """Exact linear separability and distances between convex hulls of point sets.
 
 `separate(P, Q)` decides whether hull(P) and hull(Q) are disjoint, i.e. P and Q are strictly linearly
-separable; `hull_distance(P, Q)` is the Euclidean distance between the hulls (0 when they meet) and
-`point_hull_distances(X, P)` the distance from each row of X to hull(P).
+separable; `hull_distance(P, Q)` is the Euclidean distance between the hulls (0 when they meet),
+`point_hull_distances(X, P)` the distance from each row of X to hull(P) and `nearest_hulls(X, sets)`
+the nearest of several hulls to each row (bounds refined only as far as the choice needs).
 
-All three run Wolfe's active-set method for the nearest points of two hulls: the minimum of
+All run Wolfe's active-set method for the nearest points of two hulls: the minimum of
 ||P'lam - Q'mu|| over convex weights lam, mu. It keeps an affinely independent set of active rows
 (at most d + 2) whose weights minimise that norm on their affine hull, adds the row that most
 violates optimality (one matrix product over all rows), and drops rows whose weight would turn
@@ -14,7 +15,8 @@ negative. Every iterate certifies something exactly:
   hulls meet (Caratheodory), reusable for every pair of supersets;
 - min_p x.p - max_q x.q > 0 means the hyperplane with normal x separates the sets (checked on every
   row), and divided by ||x|| it bounds the distance from below; the two bounds meet at the optimum.
-Coordinates are centred and scaled first. When rounding stalls the method, the decision falls back to
+A search can restart from the active rows of an earlier one (`Basis`, same coordinate frame).
+Coordinates are centred and scaled first; BLAS runs on one thread (`one_thread`). When rounding stalls the method, the decision falls back to
 an LP on HiGHS (max delta s.t. w.p + b >= delta, w.q + b <= -delta, -1 <= w <= 1: half the L1
 distance between the hulls, 0 when they meet; its dual support is the witness) and the distance to
 the hard-margin SVM QP, both with constraint generation over a growing subset of rows.
@@ -22,13 +24,21 @@ the hard-margin SVM QP, both with constraint generation over a growing subset of
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
 
+log = logging.getLogger(__name__)
+
 _ADD = 64  # rows per side added to an LP subset per round
 _EPS = 1e-9  # hulls closer than this (scaled coordinates) meet
+_LP_TOL = (
+    1e-6  # LP margins below this are within HiGHS's feasibility tolerance (1e-7): the hulls touch
+)
+_TOUCH = 1e-6  # hull distances (scaled coordinates) at or below this are rounding: the hulls touch
+_TIME_LIMIT = 60.0  # seconds per HiGHS solve; a pair still open then is undecided
 _EXACT = 1.0 - 1e-10  # margin fraction that counts as the optimum (distances)
 
 
@@ -41,6 +51,8 @@ class Separation:
     rounds: int = 0  # LP rounds (0: decided without the LP)
     support: tuple[np.ndarray, np.ndarray] | None = None  # rows of P, Q active at the end
     basis: Basis | None = None  # Wolfe's final active rows, to restart a later call from
+    touching: bool = False  # not separable: the gap is positive but below solver tolerance
+    undecided: bool = False  # not separable: HiGHS ran out of time (_TIME_LIMIT) or failed
 
 
 @dataclass
@@ -95,6 +107,14 @@ def _qr_delete(*args, **kwargs):
     from scipy.linalg import qr_delete
 
     return getattr(qr_delete, "__wrapped__", qr_delete)(*args, **kwargs)
+
+
+class _SolverFailure(Exception):
+    """HiGHS ended without an optimum (args: its status)."""
+
+
+class _TimeLimit(_SolverFailure):
+    """HiGHS stopped at _TIME_LIMIT."""
 
 
 class _Stall(Exception):
@@ -276,7 +296,7 @@ def _steps(corral: _Corral) -> Iterator[tuple[np.ndarray, float, float]]:
         if not added:
             return
         corral.settle()
-    raise _Stall(corral.active())
+    raise _Stall(corral.active(), corral.x())
 
 
 def _nearest(
@@ -301,7 +321,7 @@ def _nearest(
             return True, x, corral
     if apart:  # the optimum, up to rounding
         return True, x, corral
-    raise _Stall(corral.active())
+    raise _Stall(corral.active(), corral.x())
 
 
 def separate(
@@ -354,6 +374,7 @@ def _highs():
     h = highspy.Highs()
     h.setOptionValue("output_flag", False)
     h.setOptionValue("threads", 1)
+    h.setOptionValue("time_limit", _TIME_LIMIT)
     return h
 
 
@@ -412,8 +433,10 @@ class _MarginLP:
 
         self.h.run()
         status = self.h.getModelStatus()
+        if status == highspy.HighsModelStatus.kTimeLimit:
+            raise _TimeLimit
         if status != highspy.HighsModelStatus.kOptimal:
-            raise RuntimeError(f"HiGHS ended with status {self.h.modelStatusToString(status)}")
+            raise _SolverFailure(self.h.modelStatusToString(status))
         x = np.asarray(self.h.getSolution().col_value)
         return x[: self.d], float(x[self.d]), float(x[self.d + 1])
 
@@ -443,17 +466,34 @@ def _separate_lp(
         lp.add(zp, ip, zq, iq)
         inp[ip], inq[iq] = True, True
         rounds += 1
-        w, b, delta = lp.solve()
-        if delta <= _EPS:
-            return Separation(False, witness=lp.support(), rounds=rounds, support=lp.support())
+        try:
+            w, b, delta = lp.solve()
+        except (
+            _SolverFailure
+        ) as err:  # treated as meeting, reported as undecided; the rows so far witness it
+            log.warning(
+                "separation LP: HiGHS ended without an optimum (%s)", err.args or "time limit"
+            )
+            rows = (np.flatnonzero(inp), np.flatnonzero(inq))
+            return Separation(False, witness=rows, rounds=rounds, support=rows, undecided=True)
+        if delta <= _LP_TOL:
+            return Separation(
+                False,
+                witness=lp.support(),
+                rounds=rounds,
+                support=lp.support(),
+                touching=delta > _EPS,
+            )
         mp, mq = zp @ w + b, zq @ w + b
         if _separates(mp.min(), mq.max(), w):
             out = _separation(zp, zq, w, b, c, s, rounds)
             out.support = lp.support()
             return out
         ip, iq = _most(delta - mp, inp), _most(mq + delta, inq)
-        if not (ip.size or iq.size):
-            raise RuntimeError("separation LP stalled (margin below solver tolerance)")
+        if not (ip.size or iq.size):  # every violated row is in: the gap is below rounding
+            return Separation(
+                False, witness=lp.support(), rounds=rounds, support=lp.support(), touching=True
+            )
 
 
 def _svm(zp: np.ndarray, zq: np.ndarray) -> np.ndarray | None:
@@ -489,14 +529,24 @@ def _svm(zp: np.ndarray, zq: np.ndarray) -> np.ndarray | None:
     status = h.getModelStatus()
     if status == highspy.HighsModelStatus.kInfeasible:
         return None
+    if status == highspy.HighsModelStatus.kTimeLimit:
+        raise _TimeLimit
     if status != highspy.HighsModelStatus.kOptimal:
-        raise RuntimeError(f"HiGHS ended with status {h.modelStatusToString(status)}")
+        raise _SolverFailure(h.modelStatusToString(status))
     return np.asarray(h.getSolution().col_value)
 
 
-def _hull_distance_qp(zp: np.ndarray, zq: np.ndarray, tol: float = 1e-7) -> float:
-    """Distance (scaled coordinates) by the hard-margin SVM QP with constraint generation."""
+def _hull_distance_qp(
+    zp: np.ndarray,
+    zq: np.ndarray,
+    tol: float = 1e-7,
+    start: tuple[np.ndarray, np.ndarray] | None = None,
+) -> float:
+    """Distance (scaled coordinates) by the hard-margin SVM QP with constraint generation (from
+    the rows `start` too)."""
     ip, iq = _initial(zp, zq, None)
+    if start is not None:
+        ip, iq = np.union1d(ip, start[0]), np.union1d(iq, start[1])
     while True:
         sol = _svm(zp[ip], zq[iq])
         if sol is None:
@@ -516,9 +566,29 @@ def _distance(zp: np.ndarray, zq: np.ndarray, direction: np.ndarray | None = Non
     """Distance between hull(zp) and hull(zq) (same frame); 0 when they meet."""
     try:
         separable, x, _ = _nearest(zp, zq, direction, margin=_EXACT)
-    except _Stall:
-        return _hull_distance_qp(zp, zq)
+    except _Stall as stall:
+        return _distance_qp(zp, zq, stall)
     return float(np.linalg.norm(x)) if separable else 0.0
+
+
+def _distance_qp(zp: np.ndarray, zq: np.ndarray, stall: _Stall) -> float:
+    """The distance after Wolfe's method stalled on rounding. The stalled iterate x bounds it from
+    above; when ||x|| <= _TOUCH the hulls touch up to rounding and ||x|| is the answer (the
+    hard-margin QP is ill-posed there: its weights grow as 1 / distance). Otherwise the QP decides;
+    if HiGHS fails or runs out of time, ||x|| with a warning."""
+    start = stall.args[0] if stall.args else None
+    upper = float(np.linalg.norm(stall.args[1])) if len(stall.args) > 1 else None
+    if upper is not None and upper <= _TOUCH:
+        return upper
+    try:
+        return _hull_distance_qp(zp, zq, start=start)
+    except _SolverFailure as err:
+        if upper is None:
+            raise RuntimeError(
+                f"hull distance: HiGHS QP failed ({err.args or 'time limit'})"
+            ) from None
+        log.warning("hull distance: HiGHS QP failed (%s); using the upper bound %.3g", err, upper)
+        return upper
 
 
 def hull_distance(P: np.ndarray, Q: np.ndarray) -> float:
@@ -562,8 +632,8 @@ class _Race:
         except StopIteration:  # the optimum: upper is the distance
             self.lower, self.done = self.upper, True
             return
-        except _Stall:
-            self.lower = self.upper = self.s * _hull_distance_qp(self.zp, self.zx)
+        except _Stall as stall:
+            self.lower = self.upper = self.s * _distance_qp(self.zp, self.zx, stall)
             self.done = True
             return
         norm = float(np.linalg.norm(x))
@@ -577,18 +647,31 @@ class _Race:
 
 def nearest_hulls(X: np.ndarray, sets: list[np.ndarray]) -> np.ndarray:
     """[n] index of the hull nearest to each row of X [n, d] among hull(sets[k] [m_k, d]); ties
-    go to the lowest index, as with point_hull_distances + argmin. Exact: each point's candidates
-    are refined (Wolfe steps on the widest bound interval) only until one hull is certainly
-    nearest; near-ties are settled by the exact distances."""
+    go to the lowest index, as with point_hull_distances + argmin. Exact: every hull starts with
+    bounds from its nearest member (upper) and from its supporting hyperplane facing away from its
+    centroid (lower); the hull with the lowest lower bound that could still be nearest is refined a
+    Wolfe step at a time (each step certifies both bounds) until one is certainly nearest;
+    near-ties are settled by the exact distances."""
     X = np.asarray(X, dtype=np.float64)
     sets = [np.asarray(P, dtype=np.float64) for P in sets]
     frames = [_own_frame(P) for P in sets]
     tol = 1e-9 * max(f[1] for f in frames)
+    allp = np.vstack(sets)
+    starts = np.r_[0, np.cumsum([len(P) for P in sets])[:-1]]
+    cent = np.stack([f[0] for f in frames])  # [K, d]
+    own = np.concatenate([P @ c for P, c in zip(sets, cent, strict=True)])  # p . c_k
+    sq = (allp**2).sum(1)
     out = np.zeros(len(X), int)
     with one_thread():
         for i, x in enumerate(X):
-            near = [float(np.sqrt(((P - x) ** 2).sum(1).min())) for P in sets]  # a member
+            px = allp @ x
+            near = np.sqrt(np.maximum(np.minimum.reduceat(sq - 2 * px, starts) + x @ x, 0.0))
+            v = cent - x  # hull k lies in {p: v_k.p >= min over its points}
+            norm = np.maximum(np.linalg.norm(v, axis=1), 1e-300)
+            reach = np.minimum.reduceat(own - px, starts) - (cent @ x - x @ x)
             races = [_Race(f, x, u) for f, u in zip(frames, near, strict=True)]
+            for r, low in zip(races, np.maximum(reach / norm, 0.0), strict=True):
+                r.lower = float(low)
             while True:
                 upper = np.array([r.upper for r in races])
                 lower = np.array([r.lower for r in races])
@@ -603,5 +686,5 @@ def nearest_hulls(X: np.ndarray, sets: list[np.ndarray]) -> np.ndarray:
                     exact = [point_hull_distances(x[None, :], sets[k])[0] for k in tied]
                     out[i] = tied[int(np.argmin(exact))]
                     break
-                races[max(open_, key=lambda k: upper[k] - lower[k])].step()
+                races[min(open_, key=lambda k: lower[k])].step()
     return out

@@ -91,6 +91,8 @@ def _directprobe(X: np.ndarray, y: np.ndarray, n_labels: int) -> tuple[DirectPro
         "clusters": probe.n_clusters_,
         "labels_present": len(probe.labels_),
         "lp_calls": probe.stats_.lp_calls,
+        "touching_pairs": probe.stats_.touching,
+        "undecided_pairs": probe.stats_.undecided,
     }
     if probe.n_clusters_ == 0:
         return None, out
