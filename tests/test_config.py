@@ -131,6 +131,8 @@ def with_change(path: str, value):
             r"probe\.token_tasks: \['pos'\] must be .* listed in pipeline\.tasks",
         ),
         ("probe.features", "max", r"probe\.features: Input should be 'cls' or 'mean'"),
+        ("report.alpha", 1.5, r"report\.alpha: Input should be less than 1"),
+        ("report.n_boot", 10, r"report\.n_boot: Input should be greater than or equal to 100"),
         ("probe.layers", [1, 1], r"probe\.layers: entries must be unique"),
         (
             "probe.linear.c_grid",

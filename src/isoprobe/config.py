@@ -310,6 +310,14 @@ class TrackingConfig(Strict):
     uri: str | None = None
 
 
+class ReportConfig(Strict):
+    """The report's statistics: paired tests at level alpha, bootstrap intervals."""
+
+    alpha: float = Field(0.05, gt=0, lt=1)
+    n_boot: int = Field(10000, ge=100)
+    seed: int = 0
+
+
 class Params(Strict):
     model: ModelConfig = ModelConfig()
     pipeline: PipelineConfig
@@ -319,6 +327,7 @@ class Params(Strict):
     finetune: FinetuneConfig = Field(default_factory=lambda: FinetuneConfig())
     probe: ProbeConfig | None = None
     tracking: TrackingConfig = TrackingConfig()
+    report: ReportConfig = ReportConfig()
 
     @field_validator("tasks")
     @classmethod
