@@ -68,7 +68,7 @@ def main() -> None:
         result = finetune(
             model, tokenizer, splits, meta, cfg, args.seed, accelerator=accelerator,
             progress=not args.no_progress, on_epoch=lambda ep: run.log_metrics(
-                {k: v for k, v in ep.items() if k.startswith("dev_")}, step=ep["step"]),
+                {f"epoch_{k}": v for k, v in ep.items() if k.startswith("dev_")}, step=ep["step"]),
         )  # fmt: skip
         if main_process:
             core = accelerator.unwrap_model(model)
@@ -102,7 +102,11 @@ def main() -> None:
                 "processes": accelerator.num_processes,
                 "mlflow_run_id": run.run_id,
             }
-            run.log_series(result.steps, keys=["loss", "lr", "grad_cls", "grad_head", "grad_total"])
+            # per-step series; the schedule's rate as `learning_rate` (`lr` is the configured param)
+            series = [{**r, "learning_rate": r["lr"]} for r in result.steps]
+            run.log_series(
+                series, keys=["loss", "learning_rate", "grad_cls", "grad_head", "grad_total"]
+            )
             final = {f"dev_{k}": v for k, v in result.dev.items()} | {
                 f"test_{k}": v for k, v in result.test.items()
             }

@@ -3,11 +3,19 @@ the repository (git-initialised, its own DVC cache and MLflow store)."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import shutil
+import signal
+import socket
 import subprocess
 import sys
+import time
+import urllib.parse
+import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
 from pathlib import Path
 
 import numpy as np
@@ -113,6 +121,40 @@ def test_repro_outputs(repo):
     assert not list(repo.rglob(".*.tmp-*")), "no temporary files left"
 
 
+def test_report_after_repro(repo):
+    """The report stage ran on the real outputs: every section, the real results, DVC plots, and
+    its page logged to MLflow."""
+    html = (repo / "report/index.html").read_text(encoding="utf-8")
+    for anchor in (
+        "setup",
+        "isotropy",
+        "results",
+        "gradients",
+        "isotropy-after",
+        "probing",
+        "failures",
+    ):
+        assert f'<section id="{anchor}">' in html
+    assert html.count("data:image/png;base64,") >= 8
+    for method in ("baseline", "isobn"):
+        ft = json.loads((repo / f"metrics/finetune/tweets/{method}/0.json").read_text())
+        assert f"{ft['test']['accuracy']:.4f} ± 0.0000" in html  # one seed: std 0
+    md = (repo / "report/summary.md").read_text()
+    assert "1 seed:" in md and "too few seeds" in md
+    assert sorted(p.name for p in (repo / "report/plots").iterdir()) == [
+        "grad_cls_tweets.png", "isoscore_tweets.png", "scores_tweets.png",
+    ]  # fmt: skip
+    assert (repo / "report/.gitignore").read_text().strip() == "/index.html"  # kept by the stage
+
+    import mlflow
+
+    mlflow.set_tracking_uri(f"sqlite:///{repo}/mlflow.db")
+    runs = mlflow.search_runs(experiment_names=["isoprobe/report"], output_format="list")
+    assert runs and runs[0].info.status == "FINISHED"
+    artifacts = {f.path for f in mlflow.tracking.MlflowClient().list_artifacts(runs[0].info.run_id)}
+    assert {"index.html", "summary.md"} <= artifacts
+
+
 def test_second_repro_is_a_no_op(repo):
     out = sh(repo, DVC, "repro").stdout
     assert "Data and pipelines are up to date" in out
@@ -188,6 +230,12 @@ def test_finetune_outputs_and_runs(repo):
     assert {"test_accuracy", "dev_accuracy", "grad_cls_max", "iso_isoscore"} <= set(a.data.metrics)
     assert set(a.data.metrics) == set(b.data.metrics)
     assert a.data.tags["method"] == "baseline" and a.info.status == "FINISHED"
+    # the UI's value of dev_accuracy is the best epoch's (as in the metrics JSON), per-epoch values
+    # are epoch_dev_*, and the schedule's rate is a metric of its own name (lr is the param)
+    ft = json.loads((repo / "metrics/finetune/tweets/baseline/0.json").read_text())
+    assert a.data.metrics["dev_accuracy"] == pytest.approx(ft["dev"]["accuracy"])
+    assert "epoch_dev_accuracy" in a.data.metrics and "learning_rate" in a.data.metrics
+    assert "lr" not in a.data.metrics
 
 
 def test_finetune_stage_under_accelerate_launch(repo, tmp_path):
@@ -259,12 +307,13 @@ def test_probe_outputs_runs_and_plots(repo, tmp_path):
         output_format="list",
     )  # fmt: skip
     by_name = {r.info.run_name: r for r in runs}
-    assert set(by_name) == {"probe-pretrained", "probe-baseline-0", "probe-isobn-0"}
-    a, b = by_name["probe-pretrained"], by_name["probe-isobn-0"]
+    assert set(by_name) == {"probe-pretrained", "probe-baseline-s0", "probe-isobn-s0"}
+    a, b = by_name["probe-pretrained"], by_name["probe-isobn-s0"]
     assert a.info.status == b.info.status == "FINISHED"
     assert {"probe_linear_test", "probe_mlp_test", "probe_clusters"} <= set(a.data.metrics)
     assert set(a.data.metrics) < set(b.data.metrics) and "probe_cka_to_pretrained" in b.data.metrics
     assert b.data.tags["method"] == "isobn" and b.data.tags["seed"] == "0"
+    assert b.data.params["method"] == "isobn" and b.data.params["seed"] == "0"
     assert b.data.metrics["probe_linear_test"] == pytest.approx(
         json.loads((repo / "metrics/probe/tweets/isobn/0.json").read_text())["linear_test"]
     )
@@ -442,3 +491,260 @@ def test_exp_run_switches_task_source_and_task(repo):
     assert len(probe["labels"]) == 6 and probe["rows"]["train"] == SMALL["train"]
     write_params(repo, small_params())
     sh(repo, DVC, "repro")  # back to the tweets outputs for the tests after this one
+
+
+def _browser_missing() -> str | None:
+    """Why the browser test cannot run here, or None (Debian's Chromium, chromedriver, Selenium)."""
+    if importlib.util.find_spec("selenium") is None:
+        return "selenium is not installed (it is in the test extra: pip install -e '.[test]')"
+    missing = [name for name in ("chromium", "chromedriver") if shutil.which(name) is None]
+    if missing:
+        return (
+            f"{' and '.join(missing)} not found on PATH; install Debian's chromium and "
+            "chromium-driver (apt-get install chromium chromium-driver), as .ci/run does"
+        )
+    return None
+
+
+BROWSER_MISSING = _browser_missing()
+requires_browser = pytest.mark.skipif(BROWSER_MISSING is not None, reason=BROWSER_MISSING or "")
+
+
+@contextmanager
+def mlflow_ui(repo: Path, log: Path) -> Iterator[str]:
+    """`mlflow ui` on the repository's store, on a free loopback port; stopped on exit."""
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "DVC_"))}
+    env["MLFLOW_DISABLE_TELEMETRY"] = "true"
+    cmd = [
+        str(Path(sys.executable).with_name("mlflow")), "ui",
+        "--backend-store-uri", f"sqlite:///{repo / 'mlflow.db'}",
+        "--default-artifact-root", (repo / "mlartifacts").as_uri(),
+        "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
+    ]  # fmt: skip
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            cmd, cwd=repo, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+        )
+    url = f"http://127.0.0.1:{port}"
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # never via a proxy
+    try:
+        deadline = time.monotonic() + 90
+        while True:
+            if proc.poll() is not None:
+                pytest.fail(f"mlflow ui exited ({proc.returncode}):\n{log.read_text()[-3000:]}")
+            try:
+                with opener.open(f"{url}/health", timeout=5) as res:
+                    if res.status == 200:
+                        break
+            except OSError:
+                pass
+            if time.monotonic() > deadline:
+                pytest.fail(
+                    f"mlflow ui did not answer on {url} in 90 s:\n{log.read_text()[-3000:]}"
+                )
+            time.sleep(0.5)
+        yield url
+    finally:
+        with suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGTERM)  # its own session: the server and its workers
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            with suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=30)
+
+
+# The rows of one section of the compare page (the elements after its "Show diff only" switch): plain
+# table rows [[name, value per run]] and the cells of its virtualized tables (react-virtualized, only
+# the rows in view are in the page), each scrolled to (top, left): [[grid, top, left, text]].
+SECTION_JS = """
+const [label, top, left] = arguments;
+const switches = [...document.querySelectorAll('button[role=switch]')]
+  .filter(s => (s.getAttribute('aria-label') || '').endsWith('Show diff only'));
+const mine = el => {
+  const before = switches.filter(s => s.compareDocumentPosition(el) & Node.DOCUMENT_POSITION_FOLLOWING);
+  return before.length > 0 && before[before.length - 1].getAttribute('aria-label').startsWith(label);
+};
+const rows = [...document.querySelectorAll('tr')].filter(tr => tr.querySelector('th') && mine(tr))
+  .map(tr => [...tr.querySelectorAll('th, td')].map(c => c.textContent.trim()));
+const grids = [...document.querySelectorAll('.ReactVirtualized__Grid')].filter(mine);
+const cells = [];
+grids.forEach((g, i) => {
+  g.scrollTop = top;
+  g.scrollLeft = left;
+  g.querySelectorAll('.ReactVirtualized__Grid__innerScrollContainer > div').forEach(c =>
+    cells.push([i, parseFloat(c.style.top) || 0, parseFloat(c.style.left) || 0, c.textContent.trim()]));
+});
+const extent = grids.map(g => [g.scrollHeight - g.clientHeight, g.scrollWidth - g.clientWidth]);
+return [rows, cells, Math.max(0, ...extent.map(e => e[0])), Math.max(0, ...extent.map(e => e[1]))];
+"""
+
+
+def compare_section(driver, section: str) -> dict[str, list[str]]:
+    """Rows {name: [value per run column]} of a compare-page section, scrolled through in full."""
+    cells: dict[tuple[float, int, float], str] = {}
+    top = left = 0
+    while True:
+        driver.execute_script(SECTION_JS, section, top, left)
+        time.sleep(0.4)  # let the virtualized tables render the rows scrolled into view
+        rows, found, max_top, max_left = driver.execute_script(SECTION_JS, section, top, left)
+        for grid, y, x, text in found:
+            cells[(y, grid, x)] = text
+        if left < max_left:
+            left = min(left + 200, max_left)
+        elif top < max_top:
+            top, left = min(top + 150, max_top), 0
+        else:
+            break
+    by_top: dict[float, list[str]] = {}
+    for key in sorted(cells):
+        by_top.setdefault(key[0], []).append(cells[key])
+    return {row[0]: row[1:] for row in [*rows, *by_top.values()] if row}
+
+
+@requires_browser
+def test_mlflow_ui_compares_methods_in_a_browser(repo, tmp_path):
+    """`mlflow ui` (README) in headless Chromium: a task's fine-tuning runs, then methods compared."""
+    import mlflow
+    from selenium import webdriver
+    from selenium.common.exceptions import TimeoutException
+    from selenium.webdriver.chrome.options import Options
+    from selenium.webdriver.chrome.service import Service
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    mlflow.set_tracking_uri(f"sqlite:///{repo}/mlflow.db")
+    experiment = mlflow.get_experiment_by_name("isoprobe/tweets")
+    finetune = mlflow.search_runs(
+        experiment_ids=[experiment.experiment_id],
+        filter_string="tags.task = 'tweets' and tags.stage = 'finetune'",
+        output_format="list",
+    )
+    others = mlflow.search_runs(
+        experiment_ids=[experiment.experiment_id],
+        filter_string="tags.stage != 'finetune'",
+        output_format="list",
+    )
+    assert finetune and {"isotropy-pretrained", "probe-pretrained"} <= {
+        r.info.run_name for r in others
+    }
+    # What the UI shows to pick and compare runs: consistent names, tags, params and metrics.
+    for r in finetune:
+        tags, params = r.data.tags, r.data.params
+        assert r.info.run_name == f"{tags['method']}-s{tags['seed']}", r.info.run_name
+        assert (params["method"], params["seed"], params["task"]) == (
+            tags["method"], tags["seed"], tags["task"],
+        )  # fmt: skip
+        assert len(tags["git_commit"]) == 40 and tags["dvc_stage"].startswith("finetune@tweets-")
+        assert set(params) == set(finetune[0].data.params)
+        assert {"dev_accuracy", "test_accuracy"} <= set(r.data.metrics)
+    # Compare the runs the current pipeline outputs point to (one per method and seed).
+    current = {
+        json.loads(p.read_text())["mlflow_run_id"]
+        for p in sorted((repo / "metrics/finetune/tweets").glob("*/*.json"))
+    }
+    compared = [r for r in finetune if r.info.run_id in current]
+    assert {r.data.tags["method"] for r in compared} == {"baseline", "isobn"}
+
+    shots = tmp_path / "screenshots"
+    shots.mkdir()
+    options = Options()
+    options.binary_location = shutil.which("chromium")
+    for arg in (
+        "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+        "--disable-dev-shm-usage", "--window-size=1600,2700",
+    ):  # fmt: skip
+        options.add_argument(arg)
+    # An explicit chromedriver: Selenium Manager never looks for (or downloads) a driver.
+    service = Service(executable_path=shutil.which("chromedriver"))
+
+    with mlflow_ui(repo, tmp_path / "mlflow-ui.log") as url:
+        driver = webdriver.Chrome(service=service, options=options)
+        try:
+
+            def wait_for(texts: list[str], shot: str) -> str:
+                """The page text once every one of `texts` shows (60 s; CI is slow)."""
+                body = lambda d: d.find_element(By.TAG_NAME, "body").text  # noqa: E731
+                try:
+                    WebDriverWait(driver, 60, poll_frequency=1).until(
+                        lambda d: all(t in body(d) for t in texts)
+                    )
+                except TimeoutException:
+                    driver.save_screenshot(str(shots / f"{shot}-timeout.png"))
+                    text = body(driver)
+                    pytest.fail(
+                        f"{driver.current_url} never showed {[t for t in texts if t not in text]} "
+                        f"(screenshot in {shots}); the page shows:\n{text[:3000]}"
+                    )
+                return body(driver)
+
+            # The experiment's runs table (the "Model training" view): every run, then filtered
+            # as in the README.
+            page = f"{url}/#/experiments/{experiment.experiment_id}/runs"
+            driver.get(f"{page}?workflowType=machine_learning")
+            wait_for(sorted({r.info.run_name for r in [*finetune, *others]}), "experiment-all")
+            query = urllib.parse.urlencode(
+                {
+                    "workflowType": "machine_learning",
+                    "searchFilter": "tags.task = 'tweets' and tags.stage = 'finetune'",
+                },
+                quote_via=urllib.parse.quote,
+            )
+            driver.get(f"{page}?{query}")
+            names = sorted({r.info.run_name for r in finetune})
+            wait_for(["isoprobe/tweets", *names], "experiment")
+            time.sleep(2)  # the table settles
+            driver.save_screenshot(str(shots / "experiment.png"))
+            shown = set(wait_for(names, "experiment").split())
+            assert not {r.info.run_name for r in others} & shown, "the filter keeps fine-tuning"
+
+            # The compare-runs page of the current runs: one column per run.
+            ids = [r.info.run_id for r in compared]
+            query = urllib.parse.urlencode(
+                {
+                    "runs": json.dumps(ids),
+                    "experiments": json.dumps([experiment.experiment_id]),
+                    "workflowType": "machine_learning",
+                },
+                quote_via=urllib.parse.quote,
+            )
+            driver.get(f"{url}/#/compare-runs?{query}")
+            text = wait_for(
+                [f"Comparing {len(ids)} Runs", *ids, *(r.info.run_name for r in compared)],
+                "compare",
+            )
+            wait_for(["dev_accuracy"], "compare")  # the metrics table is drawn
+            time.sleep(2)  # and the plot
+            driver.save_screenshot(str(shots / "compare.png"))
+            # Columns follow the "Run ID" row.
+            id_line = next(line for line in text.splitlines() if line.startswith("Run ID"))
+            order = sorted(compared, key=lambda r: id_line.index(r.info.run_id))
+            params = compare_section(driver, "Parameters")
+            metrics = WebDriverWait(driver, 60, poll_frequency=1).until(
+                lambda d: (m := compare_section(d, "Metrics")).get("test_accuracy") and m
+            )
+        finally:
+            driver.quit()
+    with pytest.raises(OSError):  # the server is stopped
+        socket.create_connection(("127.0.0.1", urllib.parse.urlsplit(url).port), timeout=5).close()
+
+    for key in ("method", "seed", "task", "lr"):
+        assert params.get(key) == [r.data.params[key] for r in order], (key, params)
+    for key in ("dev_accuracy", "test_accuracy"):
+        assert [float(v) for v in metrics[key]] == pytest.approx(
+            [r.data.metrics[key] for r in order], abs=1e-3
+        ), (key, metrics[key])
+    assert set(metrics) >= {"grad_cls_max", "iso_isoscore"} and set(params) == set(
+        compared[0].data.params
+    )
+
+    for name in ("experiment.png", "compare.png"):
+        png = (shots / name).read_bytes()
+        assert png[:4] == b"\x89PNG" and len(png) > 10_000, name
+    if os.environ.get("ISOPROBE_SCREENSHOTS"):
+        dest = Path(os.environ["ISOPROBE_SCREENSHOTS"])
+        dest.mkdir(parents=True, exist_ok=True)
+        for name in ("experiment.png", "compare.png"):
+            shutil.copy2(shots / name, dest / name)

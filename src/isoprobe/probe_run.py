@@ -10,6 +10,13 @@ from isoprobe.errors import IsoprobeError
 from isoprobe.probing import Reference, Split, probe_encoder
 
 
+def probe_run_name(encoder: str) -> str:
+    """`probe-pretrained`, `probe-<method>-s<seed>` or `probe-<ft task>-<method>-s<seed>` (the
+    fine-tuning runs' `<method>-s<seed>` convention) for encoder `pretrained` or `[<ft>/]<method>/<seed>`."""
+    *head, last = encoder.split("/")
+    return "probe-" + ("-".join([*head, f"s{last}"]) if head else last)
+
+
 def check_probed_task(params: Params, task: str) -> tuple[dict, dict[str, list[dict]]]:
     """The prepared meta and splits of a task listed in probe.tasks or probe.token_tasks, which must
     have class labels."""
@@ -96,7 +103,7 @@ def probe_and_write(
     with tracked_run(
         params.tracking,
         f"isoprobe/{task}",
-        f"probe-{encoder.replace('/', '-')}",
+        probe_run_name(encoder),
         tags={"task": task, "stage": "probe", "encoder": encoder, "model": params.model.name, **(tags or {})},
     ) as run:  # fmt: skip
         run.log_params(
@@ -108,6 +115,9 @@ def probe_and_write(
                 "probe.directprobe.enabled": cfg.directprobe.enabled,
                 "probe.directprobe.max_rows": cfg.directprobe.max_rows, "probe.num_threads": threads,
                 **{f"rows_{s}": len(d.y) for s, d in data.items()},
+                "method": (tags or {}).get("method", "pretrained"),
+                "seed": (tags or {}).get("seed"),
+                "finetune_task": (tags or {}).get("finetune_task"),
             }
         )  # fmt: skip
         out.log_layers(run, result)
