@@ -19,6 +19,19 @@ SOURCE_SCHEMES = ("embedded", "glue_tsv", "hf", "trec", "conllu", "csv", "tsv")
 EMBEDDED_SOURCES = ("tweets",)
 SPLITS = ("train", "dev", "test")
 TASK_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+# Reasons a data row can be bad; each is dropped (counted in meta.json) or fatal, per `invalid_rows`.
+ROW_REASONS = (
+    "bad_field_count",  # a CSV/TSV line with more or fewer fields than the header (quoting)
+    "malformed_line",  # a line a source's own format cannot parse
+    "undecodable",  # bytes not valid in the task's `encoding` (sources without a known fallback)
+    "empty_text",  # empty or whitespace-only text
+    "missing_label",  # empty, NaN, none or null label
+    "unknown_label",  # a label outside the task's label set
+    "duplicate",  # the same text again (with `dedupe`): the first is kept
+    "conflicting_label",  # the same text with different labels (with `dedupe`): every copy
+    "leakage",  # a dev/test row whose text is also in train
+)
+Policy = Literal["drop", "fail"]
 
 
 class Strict(BaseModel):
@@ -66,7 +79,9 @@ class TaskConfig(Strict):
     split: SplitFractions = SplitFractions()
     max_rows: MaxRows = MaxRows()
     dedupe: bool = True
-    invalid_rows: Literal["drop", "fail"] = "drop"
+    # what to do with bad rows: one policy for every reason, or a mapping reason -> policy
+    # (`default` for the reasons not named), e.g. {default: drop, leakage: fail}
+    invalid_rows: Policy | dict[str, Policy] = "drop"
     metric: Literal["accuracy", "mcc", "f1", "correlation"] | None = None
     seed: int = 0
 
@@ -94,6 +109,23 @@ class TaskConfig(Strict):
         if v is not None and len(set(v)) != len(v):
             raise ValueError("labels must be unique")
         return v
+
+    @field_validator("invalid_rows")
+    @classmethod
+    def _known_reasons(cls, v: str | dict[str, str]) -> str | dict[str, str]:
+        if isinstance(v, dict):
+            unknown = sorted(set(v) - {"default", *ROW_REASONS})
+            if unknown:
+                raise ValueError(
+                    f"unknown reason(s) {unknown}; allowed: default, {', '.join(ROW_REASONS)}"
+                )
+        return v
+
+    def policy(self, reason: str) -> str:
+        """'drop' or 'fail' for one of ROW_REASONS."""
+        if isinstance(self.invalid_rows, str):
+            return self.invalid_rows
+        return self.invalid_rows.get(reason, self.invalid_rows.get("default", "drop"))
 
     @property
     def scheme(self) -> str:
@@ -141,7 +173,9 @@ class IsotropyConfig(Strict):
 class TrainConfig(Strict):
     """Fine-tuning hyper-parameters shared by every (task, method, seed)."""
 
-    lr: float = Field(5e-5, gt=0, le=1)
+    lr: float = Field(
+        5e-5, gt=0, allow_inf_nan=False
+    )  # no upper bound: large rates diverge (recorded)
     batch_size: int = Field(32, ge=2)
     eval_batch_size: int = Field(128, ge=1)
     epochs: int = Field(3, ge=1)
@@ -205,6 +239,16 @@ class WhitenOptions(Strict):
 METHODS = ("baseline", "layernorm", "batchnorm", "standardize", "isobn", "whiten")
 
 
+class CheckpointConfig(Strict):
+    """Fine-tuning checkpoints (model, optimizer, scheduler, RNG states, head buffers, step) in
+    checkpoints/<task>/<method>/<seed>/: a rerun after a crash resumes from the last one."""
+
+    enabled: bool = True
+    every_steps: int = Field(
+        0, ge=0
+    )  # also every N optimizer steps; 0: at the end of each epoch only
+
+
 LAUNCHER = r"^(python[0-9.]*|accelerate launch|torchrun)( [A-Za-z0-9_.=:/-]+)*$"
 
 
@@ -219,6 +263,10 @@ class FinetuneConfig(Strict):
     # the program that runs stages/finetune.py (dvc.yaml's cmd): python, or a multi-process launcher
     launcher: str = Field("python", pattern=LAUNCHER)
     train: TrainConfig = TrainConfig()
+    checkpoint: CheckpointConfig = CheckpointConfig()
+    # a diverged run (non-finite loss or gradient) fails its stage (stopping `dvc repro`) when true;
+    # when false it is recorded as `status: diverged` and the other runs go on
+    fail_fast: bool = False
     heads: HeadsConfig = Field(default_factory=lambda: HeadsConfig())
 
     @field_validator("tasks", "methods", "seeds")
@@ -308,6 +356,9 @@ class ProbeConfig(Strict):
 class TrackingConfig(Strict):
     enabled: bool = True
     uri: str | None = None
+    # an unusable store (bad URI, unwritable) stops the stage when true; when false the stage runs
+    # with tracking disabled and says so on stderr
+    required: bool = True
 
 
 class ReportConfig(Strict):

@@ -104,10 +104,31 @@ def read_jsonl(path: str | Path) -> list[dict]:
         return [json.loads(line) for line in f if line.strip()]
 
 
+def _canonical_safetensors_header(path: str | Path) -> None:
+    """Sort the header's `__metadata__` keys in place. safetensors keeps metadata in a Rust HashMap
+    with a random iteration order, so the same arrays and metadata give different bytes on every
+    write (a new DVC hash, and every downstream stage reruns). The sorted header has the same
+    length: only the key order changes."""
+    with open(path, "r+b") as f:
+        n = int.from_bytes(f.read(8), "little")
+        raw = f.read(n)
+        header = json.loads(raw)
+        if not header.get("__metadata__"):
+            return
+        header["__metadata__"] = dict(sorted(header["__metadata__"].items()))
+        # the compact JSON safetensors (serde_json) writes: no spaces, non-ASCII as is
+        out = json.dumps(header, separators=(",", ":"), ensure_ascii=False).encode()
+        if len(out) > n:  # pragma: no cover - an escape serde_json writes shorter: leave it
+            return
+        f.seek(8)
+        f.write(out.ljust(n, b" "))  # safetensors pads the header with spaces
+
+
 def write_safetensors(
     path: str | Path, arrays: dict, metadata: dict[str, str] | None = None
 ) -> None:
-    """Save numpy arrays as one safetensors file, atomically."""
+    """Save numpy arrays as one safetensors file, atomically; the same arrays and metadata give the
+    same bytes (metadata keys sorted)."""
     import numpy as np
     from safetensors.numpy import save_file
 
@@ -117,6 +138,7 @@ def write_safetensors(
     os.close(fd)
     try:
         save_file({k: np.ascontiguousarray(v) for k, v in arrays.items()}, tmp, metadata=metadata)
+        _canonical_safetensors_header(tmp)
         _publish_mode(tmp)
         os.replace(tmp, path)
     finally:
