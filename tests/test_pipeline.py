@@ -20,71 +20,17 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import yaml
+from e2e_repo import DVC, SMALL, copy_repo, sh, small_params, write_params
 
-from conftest import REPO, SHARED, free_port, requires_shared
+from conftest import free_port, requires_shared
 
 pytestmark = pytest.mark.e2e
-
-DVC = str(Path(sys.executable).with_name("dvc"))
-SMALL = {"train": 40, "dev": 12, "test": 12}
-
-
-def small_params() -> dict:
-    params = yaml.safe_load((REPO / "params.yaml").read_text())
-    params["pipeline"]["tasks"] = ["tweets"]
-    for task in params["tasks"].values():
-        task["max_rows"] = dict(SMALL)
-    params["embed"].update(batch_size=16, max_length=64)
-    params["isotropy"]["heatmap_dims"] = 8
-    params["finetune"].update(methods=["baseline", "isobn"], seeds=[0])
-    params["finetune"]["train"].update(epochs=1, batch_size=8, max_length=32)
-    params["probe"]["mlp"].update(hidden_grid=[[32, 32]], l2_grid=[1e-4, 1e-2])
-    return params
-
-
-def write_params(repo: Path, params: dict) -> None:
-    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-
-
-def sh(repo: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "DVC_"))}
-    env.update(
-        HF_HUB_OFFLINE="1",
-        HF_DATASETS_OFFLINE="1",
-        PATH=f"{Path(sys.executable).parent}:{env['PATH']}",
-    )
-    res = subprocess.run(list(args), cwd=repo, env=env, capture_output=True, text=True, timeout=900)
-    if check and res.returncode != 0:
-        raise AssertionError(
-            f"{' '.join(args)} failed ({res.returncode}):\n{res.stdout[-3000:]}\n{res.stderr[-3000:]}"
-        )
-    return res
 
 
 @pytest.fixture(scope="module")
 def repo(tmp_path_factory) -> Path:
     """A copy of the project's tracked files, beside a link to ../shared like the real checkout."""
-    base = tmp_path_factory.mktemp("e2e")
-    dest = base / "repo"
-    files = subprocess.run(
-        ["git", "ls-files", "--cached", "--others", "--exclude-standard", "-z"],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout.split("\0")
-    for f in filter(None, files):
-        src = REPO / f
-        if src.is_file() and not f.startswith(("metrics/", "plots/")) and f != "dvc.lock":
-            (dest / f).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(src, dest / f)
-    if SHARED.is_dir():
-        (base / "shared").symlink_to(SHARED.parent)
-    write_params(dest, small_params())
-    sh(dest, "git", "init", "-q", "-b", "main")
-    sh(dest, "git", "-c", "user.name=t", "-c", "user.email=t@example.com", "add", "-A")
-    sh(dest, "git", "-c", "user.name=t", "-c", "user.email=t@example.com", "commit", "-qm", "copy")
+    dest = copy_repo(tmp_path_factory.mktemp("e2e"))
     sh(dest, DVC, "repro")
     return dest
 
