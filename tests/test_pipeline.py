@@ -339,7 +339,7 @@ ROWS = "".join(
         (
             "label outside the label set",
             "data/prepared/tweets",
-            "label 'meh' in column 'label' is not in the label set",
+            "label 'meh' in column 'label' is not in the label set ['neg', 'pos']",
         ),
         ("empty split", "data/prepared/tweets", "the dev split is empty"),
         (
@@ -366,6 +366,7 @@ def test_bad_input_stops_cleanly(repo, case, stage_out, expected):
         task.update(
             source=csv_file(repo, "extra_label.csv", "text,label\n" + ROWS + "odd one,meh\n"),
             labels=["neg", "pos"],
+            invalid_rows={"default": "drop", "unknown_label": "fail"},
         )
     elif case == "empty split":
         task.update(

@@ -153,10 +153,13 @@ def test_pool_nothing_silently_lost(tmp_path):
     assert d == {
         "bad_field_count": 2,
         "malformed_line": 0,
+        "undecodable": 0,
         "empty_text": 2,
         "missing_label": 1,
+        "unknown_label": 0,
         "duplicate": 3,
         "conflicting_label": 3,
+        "leakage": 0,
     }
     assert sum(sizes(p).values()) + sum(d.values()) == n_input
     assert sum(p.meta["available"].values()) == sum(sizes(p).values())
@@ -178,11 +181,14 @@ def test_folder_source_nothing_silently_lost(tmp_path):
 def test_label_outside_configured_set(tmp_path):
     rows = [[f"t {i}", "ab"[i % 2]] for i in range(20)] + [["odd one", "maybe"]]
     f = write_csv(tmp_path / "l.csv", rows)
+    p = run(f"csv:{f}", labels=["a", "b"], name="lab")  # default policy: drop, counted
+    assert p.meta["dropped"]["unknown_label"] == 1 and sum(sizes(p).values()) == 20
+    assert "'maybe'" in p.meta["dropped_examples"]["unknown_label"]
     with pytest.raises(IsoprobeError) as ei:
-        run(f"csv:{f}", labels=["a", "b"], name="lab")
+        run(f"csv:{f}", labels=["a", "b"], name="lab", invalid_rows={"unknown_label": "fail"})
     msg = str(ei.value)
     assert "'maybe'" in msg
-    assert "tasks.lab.labels" in msg
+    assert "tasks.lab.labels" in msg and "tasks.lab.invalid_rows" in msg
     assert "l.csv:22" in msg
 
 
@@ -198,8 +204,16 @@ def test_configured_labels_fix_order_and_allow_absent_classes(tmp_path):
 def test_non_numeric_regression_label(tmp_path):
     rows = [[f"t {i}", str(i / 10)] for i in range(20)] + [["bad score", "high"]]
     f = write_csv(tmp_path / "r.csv", rows, header=("text", "score"))
+    p = run(f"csv:{f}", label_column="score", label_type="regression", name="reg")
+    assert p.meta["dropped"]["unknown_label"] == 1 and sum(sizes(p).values()) == 20
     with pytest.raises(IsoprobeError) as ei:
-        run(f"csv:{f}", label_column="score", label_type="regression", name="reg")
+        run(
+            f"csv:{f}",
+            label_column="score",
+            label_type="regression",
+            name="reg",
+            invalid_rows="fail",
+        )
     msg = str(ei.value)
     assert "'high'" in msg
     assert "tasks.reg" in msg

@@ -390,9 +390,9 @@ def test_conllu_wrong_field_count_names_file_and_line(tmp_path):
     f.write_text(
         "# sent_id = 1\n" + _word(1, "Hi", "INTJ") + "\n2\tthere\tthere\tADV\n\n", encoding="utf-8"
     )
-    with pytest.raises(IsoprobeError) as ei:
-        read_source(make_task(f"conllu:{f}"), "tasks.pos")
-    msg = str(ei.value)
+    raw = read_source(make_task(f"conllu:{f}"), "tasks.pos")
+    assert raw.splits["pool"] == [] and raw.tally.counts["malformed_line"] == 1
+    msg = raw.tally.examples["malformed_line"]
     assert f"{f}:3" in msg
     assert "10" in msg and "got 4" in msg
 
@@ -555,9 +555,10 @@ def test_glue_unknown_folder_name(tmp_path):
 def test_csv_undecodable_bytes_names_file_and_line(tmp_path):
     f = tmp_path / "latin.csv"
     f.write_bytes(b"text,label\nfine,a\ncaf\xe9 au lait,b\nok,a\n")
-    with pytest.raises(IsoprobeError) as ei:
-        read_source(make_task(f"csv:{f}", encoding="utf-8"), "tasks.x")
-    msg = str(ei.value)
+    raw = read_source(make_task(f"csv:{f}", encoding="utf-8"), "tasks.x")
+    assert [r["text_a"] for r in raw.splits["pool"]] == ["fine", "ok"]
+    assert raw.tally.counts["undecodable"] == 1
+    msg = raw.tally.examples["undecodable"]
     assert f"{f}:3" in msg
     assert "utf-8" in msg
     # with the right encoding the same file reads

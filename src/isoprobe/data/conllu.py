@@ -32,24 +32,33 @@ UPOS = (
 
 def parse_conllu(path: Path, lines: list[str], tally: Tally) -> list[dict]:
     """Sentences as {"tokens", "tags", "origin"}; multi-word token ranges (1-2) and empty nodes
-    (3.1) are skipped, as UPOS belongs to the syntactic words."""
+    (3.1) are skipped, as UPOS belongs to the syntactic words. A sentence with an undecodable line
+    or a word line without 10 fields is left out and counted (`undecodable`, `malformed_line`)."""
     rows: list[dict] = []
     tokens: list[str] = []
     tags: list[str] = []
-    start = 1
+    start, problem = 1, None
+    bad_lines = tally.bad_lines.get(str(path), set())
     for i, line in enumerate([*lines, ""], start=1):
         if not line.strip():
-            if tokens:
+            if problem:
+                tally.add(*problem)
+            elif tokens:
                 rows.append({"tokens": tokens, "tags": tags, "origin": f"{path.name}:{start}"})
-            tokens, tags, start = [], [], i + 1
+            tokens, tags, start, problem = [], [], i + 1, None
+            continue
+        if i in bad_lines:
+            problem = problem or ("undecodable", None)
             continue
         if line.startswith("#"):
             continue
         cols = line.split("\t")
         if len(cols) != 10:
-            raise IsoprobeError(
-                f"{path}:{i}: a CoNLL-U word line has 10 tab-separated fields, got {len(cols)}"
+            problem = problem or (
+                "malformed_line",
+                f"{path}:{i}: a CoNLL-U word line has 10 tab-separated fields, got {len(cols)}",
             )
+            continue
         wid = cols[0]
         if "-" in wid or "." in wid:
             continue

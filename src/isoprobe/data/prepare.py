@@ -16,14 +16,29 @@ from pathlib import Path
 import numpy as np
 
 from isoprobe import __version__
-from isoprobe.config import SPLITS, TaskConfig
+from isoprobe.config import ROW_REASONS, SPLITS, TaskConfig
 from isoprobe.data.raw import RawData, Tally, sha256_file
 from isoprobe.data.split import carve, strata_of, stratified_sample
 from isoprobe.errors import IsoprobeError
 from isoprobe.io import read_json, read_jsonl, write_json, write_jsonl
 
-# Reader-level problems that the invalid-rows policy governs.
-POLICY_REASONS = ("bad_field_count", "malformed_line", "empty_text", "missing_label")
+REASON_TEXT = {
+    "bad_field_count": "a wrong field count",
+    "malformed_line": "a malformed line",
+    "undecodable": "bytes not decodable in the task's encoding",
+    "empty_text": "empty text",
+    "missing_label": "a missing label",
+    "unknown_label": "a label outside the label set",
+    "duplicate": "a duplicate text",
+    "conflicting_label": "the same text with different labels",
+    "leakage": "a text also in train (leakage)",
+}
+
+
+HINT = {
+    "unknown_label": ", or set {key}.labels to the labels the data uses",
+    "undecodable": ", or set {key}.encoding to the file's encoding",
+}
 
 
 @dataclass
@@ -32,8 +47,8 @@ class PreparedTask:
     meta: dict
 
 
-def _check_rows(raw: RawData, task: TaskConfig, key: str, tally: Tally) -> None:
-    """Drop (and count) rows with empty text or a missing label; stop on a label that cannot be used."""
+def _check_rows(raw: RawData, key: str, tally: Tally) -> None:
+    """Drop (and count) rows with empty text, a missing label or a label outside the label set."""
     allowed = set(raw.label_names) if raw.label_names else None
     for split, rows in raw.splits.items():
         kept = []
@@ -45,9 +60,8 @@ def _check_rows(raw: RawData, task: TaskConfig, key: str, tally: Tally) -> None:
                     continue
                 bad = sorted({t for t in r["tags"] if allowed is not None and t not in allowed})
                 if bad:
-                    raise IsoprobeError(
-                        f"{key}: {where}: tag(s) {bad} not in the label set {sorted(allowed)} (tasks labels)"
-                    )
+                    tally.add("unknown_label", f"{where}: tag(s) {bad} not in {sorted(allowed)}")
+                    continue
                 kept.append(r)
                 continue
             if not (r["text_a"] or "").strip() or (
@@ -61,23 +75,47 @@ def _check_rows(raw: RawData, task: TaskConfig, key: str, tally: Tally) -> None:
                 continue
             if raw.label_type == "regression":
                 if not isinstance(label, float) or not math.isfinite(label):
-                    raise IsoprobeError(
-                        f"{key}: {where}: regression label {label!r} in column '{raw.label_column}' is not a finite number"
+                    tally.add(
+                        "unknown_label",
+                        f"{where}: regression label {label!r} in column '{raw.label_column}' "
+                        "is not a finite number",
                     )
+                    continue
             elif allowed is not None and label not in allowed:
-                raise IsoprobeError(
-                    f"{key}: {where}: label {label!r} in column '{raw.label_column}' is not in the label set "
-                    f"{raw.label_names}; set {key}.labels to the labels the data uses"
+                tally.add(
+                    "unknown_label",
+                    f"{where}: label {label!r} in column '{raw.label_column}' is not in the label "
+                    f"set {raw.label_names}",
                 )
+                continue
             kept.append(r)
         raw.splits[split] = kept
-    if task.invalid_rows == "fail":
-        for reason in POLICY_REASONS:
-            if tally.counts[reason]:
-                raise IsoprobeError(
-                    f"{key}: {tally.counts[reason]} row(s) with {reason.replace('_', ' ')} "
-                    f"(first: {tally.examples.get(reason, '?')}); {key}.invalid_rows is 'fail' (use 'drop' to count and skip them)"
-                )
+
+
+def _enforce_policy(task: TaskConfig, key: str, tally: Tally) -> None:
+    """Stop at the first reason with rows whose policy is 'fail' (naming the count, the first row
+    and the key to change); the others stay dropped and counted."""
+    for reason in ROW_REASONS:
+        n = tally.counts[reason]
+        if n and task.policy(reason) == "fail":
+            raise IsoprobeError(
+                f"{key}: {n} row(s) with {reason.replace('_', ' ')}: {REASON_TEXT[reason]} (first: "
+                f"{tally.examples.get(reason, '?')}); {key}.invalid_rows is 'fail' for {reason} "
+                f"(use 'drop' to count and skip such rows{HINT.get(reason, '').format(key=key)})"
+            )
+
+
+def _drop_leakage(splits: dict[str, list[dict]], tally: Tally) -> None:
+    """Remove dev/test rows whose text (case- and space-insensitive) is also in train."""
+    train_keys = {_text_key(r) for r in splits["train"]}
+    for split in ("dev", "test"):
+        kept = []
+        for r in splits[split]:
+            if _text_key(r) in train_keys:
+                tally.add("leakage", f"{split} row {r['origin']}")
+            else:
+                kept.append(r)
+        splits[split] = kept
 
 
 def _dedupe(rows: list[dict], label_type: str, split: str, tally: Tally) -> list[dict]:
@@ -189,9 +227,16 @@ def prepare_task(raw: RawData, task: TaskConfig, name: str) -> PreparedTask:
     """Validate, dedupe, split and subsample `raw`; never drops a row without counting it."""
     key = f"tasks.{name}"
     tally = raw.tally
-    _check_rows(raw, task, key, tally)
+    _check_rows(raw, key, tally)
     if task.dedupe and raw.kind == "sentence":
         raw.splits = {s: _dedupe(rows, raw.label_type, s, tally) for s, rows in raw.splits.items()}
+    _enforce_policy(task, key, tally)
+    if not any(raw.splits.values()):
+        dropped = ", ".join(f"{r} {tally.counts[r]}" for r in ROW_REASONS if tally.counts[r])
+        raise IsoprobeError(
+            f"{key}: no usable rows in {task.source} (dropped: {dropped or 'none'}); "
+            f"check {key}.source, its columns and {key}.invalid_rows"
+        )
     label_names = _label_names(raw)
     _check_label_type(label_names, raw, key)
     if (
@@ -205,6 +250,8 @@ def prepare_task(raw: RawData, task: TaskConfig, name: str) -> PreparedTask:
             f"{key}: found {len(label_names)} label(s) {label_names}; a classification task needs >= 2"
         )
     splits, origin = _assign_splits(raw, task)
+    _drop_leakage(splits, tally)
+    _enforce_policy(task, key, tally)
     available = {s: len(rows) for s, rows in splits.items()}
     for i, split in enumerate(SPLITS):
         limit = getattr(task.max_rows, split)
@@ -237,9 +284,8 @@ def prepare_task(raw: RawData, task: TaskConfig, name: str) -> PreparedTask:
         "counts": {s: _counts(final[s], raw, label_names) for s in SPLITS},
         "available": available,
         "split_origin": {s: origin[s] for s in SPLITS},
-        "dropped": {
-            r: tally.counts[r] for r in (*POLICY_REASONS, "duplicate", "conflicting_label")
-        },
+        "dropped": {r: tally.counts[r] for r in ROW_REASONS},
+        "invalid_rows": {r: task.policy(r) for r in ROW_REASONS},
         "dropped_examples": dict(sorted(tally.examples.items())),
         "decoded_with_fallback": {
             k: v for k, v in tally.counts.items() if k.startswith("decoded_with_")

@@ -21,6 +21,8 @@ class Tally:
 
     counts: Counter = field(default_factory=Counter)
     examples: dict[str, str] = field(default_factory=dict)
+    # line numbers (1-based) per file whose bytes the task's encoding could not decode
+    bad_lines: dict[str, set[int]] = field(default_factory=dict)
 
     def add(self, reason: str, example: str | None = None, n: int = 1) -> None:
         self.counts[reason] += n
@@ -53,8 +55,10 @@ def sha256_file(path: Path) -> str:
 
 
 def read_lines(path: Path, encoding: str, fallback: str | None, tally: Tally) -> list[str]:
-    """Decode a text file line by line; a line that fails `encoding` is decoded with `fallback`
-    (counted as `decoded_with_<fallback>`), or stops with the file and line when there is none."""
+    """Decode a text file line by line. A line that fails `encoding` is decoded with `fallback`
+    (counted as `decoded_with_<fallback>`); without one it is decoded with replacement characters
+    and its number recorded in `tally.bad_lines[str(path)]`: the reader drops the row it belongs
+    to as `undecodable` (the invalid-rows policy then decides whether that is fatal)."""
     if not path.is_file():
         raise IsoprobeError(f"data file not found: {path}")
     out = []
@@ -67,10 +71,13 @@ def read_lines(path: Path, encoding: str, fallback: str | None, tally: Tally) ->
             out.append(raw.decode(encoding))
         except UnicodeDecodeError as err:
             if fallback is None:
-                raise IsoprobeError(
-                    f"{path}:{i}: bytes not decodable as {encoding} ({err.reason} at byte {err.start}); "
-                    "set the task's `encoding` to the file's encoding"
-                ) from None
+                out.append(raw.decode(encoding, errors="replace"))
+                tally.bad_lines.setdefault(str(path), set()).add(i)
+                tally.examples.setdefault(
+                    "undecodable",
+                    f"{path}:{i}: bytes not decodable as {encoding} ({err.reason} at byte {err.start})",
+                )
+                continue
             out.append(raw.decode(fallback))
             tally.add(f"decoded_with_{fallback}", f"{path}:{i}")
     if out and out[-1] == "":

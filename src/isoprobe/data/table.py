@@ -35,13 +35,23 @@ def read_table(
         raise IsoprobeError(
             f"{path}:{reader.line_num}: malformed {delimiter!r}-delimited text: {err}"
         ) from None
+    rows_start_line = 0  # the line before the first record
     if header is None:
         if not rows:
             raise IsoprobeError(f"{path}: empty file (expected a header line)")
+        if any(n <= rows[0][0] for n in tally.bad_lines.get(str(path), ())):
+            raise IsoprobeError(f"{path}: the header line is not decodable as {encoding}")
         header = [h.strip() for h in rows[0][1]]
+        rows_start_line = rows[0][0]
         rows = rows[1:]
     good = []
+    bad_lines = tally.bad_lines.get(str(path), set())
+    previous = rows_start_line
     for line, fields in rows:
+        first, previous = previous + 1, line  # a quoted record may span lines first..line
+        if bad_lines and any(n in bad_lines for n in range(first, line + 1)):
+            tally.add("undecodable")
+            continue
         if fields == [] or fields == [""]:
             continue  # blank line
         if len(fields) != len(header):

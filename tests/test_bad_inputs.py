@@ -1,0 +1,442 @@
+"""Bad params and bad data, each through the real entry points (`python -m isoprobe check` and the
+stage scripts, as subprocesses in an empty project folder): one `isoprobe: error:` line naming the
+key or file and what is allowed, exit code 2, no traceback, and no output file or folder left."""
+
+from __future__ import annotations
+
+import copy
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+import yaml
+
+from conftest import REPO
+
+STAGES = {
+    "prepare": ["t"],
+    "embed": ["t"],
+    "isotropy": ["t"],
+    "finetune": ["t", "baseline", "0"],
+    "embed_post": ["t", "baseline", "0"],
+    "probe": ["t"],
+    "probe_post": ["t", "baseline", "0"],
+    "probe_summary": [],
+    "report": [],
+}
+GOOD_ROWS = [
+    f"row number {i} says {'yes' if i % 2 else 'no'},{'pos' if i % 2 else 'neg'}" for i in range(60)
+]
+
+
+def base_params() -> dict:
+    """A valid params file for one small csv task `t` (data/t.csv, written by `project`)."""
+    return {
+        "model": {"name": "embedded:all-MiniLM-L6-v2"},
+        "pipeline": {"tasks": ["t"]},
+        "tasks": {
+            "t": {
+                "source": "csv:data/t.csv",
+                "split": {"dev": 0.2, "test": 0.2},
+                "invalid_rows": "fail",
+                "seed": 0,
+            }
+        },
+        "finetune": {
+            "tasks": ["t"],
+            "methods": ["baseline", "isobn"],
+            "seeds": [0, 1],
+            "train": {"lr": 1e-4, "batch_size": 8, "epochs": 1, "dropout": 0.1},
+        },
+        "probe": {"tasks": ["t"]},
+        "tracking": {"enabled": False},
+    }
+
+
+def project(tmp_path: Path, params: dict | str, files: dict[str, bytes | str]) -> Path:
+    (tmp_path / "data").mkdir(exist_ok=True)
+    text = params if isinstance(params, str) else yaml.safe_dump(params, sort_keys=False)
+    (tmp_path / "params.yaml").write_text(text, encoding="utf-8")
+    for name, content in files.items():
+        path = tmp_path / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if isinstance(content, str):
+            content = content.encode()
+        path.write_bytes(content)
+    return tmp_path
+
+
+def files_under(root: Path) -> set[str]:
+    return {str(p.relative_to(root)) for p in root.rglob("*") if p.is_file()}
+
+
+def run(root: Path, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, *args],
+        cwd=root,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={"PYTHONPATH": str(REPO / "src"), "PATH": "/usr/bin:/bin", "HF_HUB_OFFLINE": "1"},
+    )
+
+
+def assert_clean_failure(res: subprocess.CompletedProcess, expected: list[str]) -> None:
+    assert res.returncode == 2, (res.returncode, res.stderr[-2000:])
+    errors = [line for line in res.stderr.splitlines() if line.startswith("isoprobe: error:")]
+    assert errors, res.stderr[-2000:]
+    message = res.stderr[res.stderr.index("isoprobe: error:") :]
+    for part in expected:
+        assert part in message, f"{part!r} not in {message!r}"
+    assert "Traceback" not in res.stderr
+
+
+# --------------------------------------------------------------------------- params
+
+
+def _set(path: str, value) -> Callable[[dict], None]:
+    def edit(p: dict) -> None:
+        *parents, last = path.split(".")
+        node = p
+        for k in parents:
+            node = node.setdefault(k, {})
+        node[last] = value
+
+    return edit
+
+
+def _drop(path: str) -> Callable[[dict], None]:
+    def edit(p: dict) -> None:
+        *parents, last = path.split(".")
+        node = p
+        for k in parents:
+            node = node[k]
+        del node[last]
+
+    return edit
+
+
+PARAMS_CASES = {
+    "unknown top-level key": (_set("finetuning", {}), ["finetuning: unknown key"]),
+    "unknown nested key": (
+        _set("finetune.train.lrate", 1e-3),
+        ["finetune.train.lrate: unknown key"],
+    ),
+    "lr zero": (_set("finetune.train.lr", 0), ["finetune.train.lr", "greater than 0", "got 0"]),
+    "lr negative": (_set("finetune.train.lr", -1e-5), ["finetune.train.lr", "greater than 0"]),
+    "lr not a number": (_set("finetune.train.lr", "fast"), ["finetune.train.lr", "'fast'"]),
+    "lr NaN": (_set("finetune.train.lr", float("nan")), ["finetune.train.lr", "finite"]),
+    "batch size zero": (
+        _set("finetune.train.batch_size", 0),
+        ["finetune.train.batch_size", "greater than or equal to 2"],
+    ),
+    "embed batch size zero": (
+        _set("embed.batch_size", 0),
+        ["embed.batch_size", "greater than or equal to 1", "got 0"],
+    ),
+    "dropout one": (_set("finetune.train.dropout", 1.0), ["finetune.train.dropout", "less than 1"]),
+    "dropout negative": (
+        _set("finetune.train.dropout", -0.1),
+        ["finetune.train.dropout", "greater than or equal to 0"],
+    ),
+    "momentum zero": (
+        _set("finetune.heads.isobn", {"momentum": 0}),
+        ["finetune.heads.isobn.momentum", "greater than 0"],
+    ),
+    "momentum above one": (
+        _set("finetune.heads.batchnorm", {"momentum": 1.5}),
+        ["finetune.heads.batchnorm.momentum", "less than or equal to 1", "got 1.5"],
+    ),
+    "unknown method": (
+        _set("finetune.methods", ["baseline", "groupnorm"]),
+        ["finetune.methods.1", "'groupnorm'", "'isobn'", "'whiten'"],
+    ),
+    "unknown source scheme": (
+        _set("tasks.t.source", "ftp:host/data.csv"),
+        ["tasks.t.source", "unknown source scheme 'ftp'", "glue_tsv"],
+    ),
+    "unknown embedded source": (
+        _set("tasks.t.source", "embedded:reviews"),
+        ["tasks.t.source", "unknown embedded source 'reviews'", "tweets"],
+    ),
+    "source without argument": (
+        _set("tasks.t.source", "csv"),
+        ["tasks.t.source", "<scheme>:<argument>"],
+    ),
+    "unknown pooling": (
+        _set("finetune.train.pooling", "max"),
+        ["finetune.train.pooling", "'cls'", "'mean'", "got 'max'"],
+    ),
+    "unknown device": (_set("embed.device", "tpu"), ["embed.device", "'cuda'", "got 'tpu'"]),
+    "duplicate seeds": (_set("finetune.seeds", [0, 1, 0]), ["finetune.seeds", "unique"]),
+    "seed not an integer": (
+        _set("finetune.seeds", [0, "one"]),
+        ["finetune.seeds", "integers", "'one'"],
+    ),
+    "empty methods": (_set("finetune.methods", []), ["finetune.methods", "at least 1"]),
+    "empty seeds": (_set("finetune.seeds", []), ["finetune.seeds", "at least 1"]),
+    "empty pipeline tasks": (_set("pipeline.tasks", []), ["pipeline.tasks", "at least 1"]),
+    "undefined pipeline task": (
+        _set("pipeline.tasks", ["t", "sst3"]),
+        ["pipeline.tasks names ['sst3'] not defined", "defined: ['t']"],
+    ),
+    "missing pipeline": (_drop("pipeline"), ["pipeline: Field required"]),
+    "split leaves no train": (
+        _set("tasks.t.split", {"dev": 0.5, "test": 0.5}),
+        ["tasks.t.split", "dev + test must be < 1"],
+    ),
+    "max_rows zero": (
+        _set("tasks.t.max_rows", {"train": 0}),
+        ["tasks.t.max_rows.train", "greater than or equal to 1"],
+    ),
+    "invalid_rows value": (
+        _set("tasks.t.invalid_rows", "ignore"),
+        ["tasks.t.invalid_rows", "'drop'", "'fail'", "'ignore'"],
+    ),
+    "invalid_rows unknown reason": (
+        _set("tasks.t.invalid_rows", {"typo": "drop"}),
+        ["tasks.t.invalid_rows", "unknown reason(s) ['typo']", "leakage"],
+    ),
+    "tracking.required not a bool": (
+        _set("tracking.required", "maybe"),
+        ["tracking.required", "valid boolean", "'maybe'"],
+    ),
+    "report alpha out of range": (_set("report.alpha", 1.5), ["report.alpha", "less than 1"]),
+    "probe task not fine-tuned": (
+        _set("probe.tasks", ["other"]),
+        ["probe.tasks names ['other']", "finetune.tasks"],
+    ),
+    "launcher with shell syntax": (
+        _set("finetune.launcher", "python; rm -rf ~"),
+        ["finetune.launcher", "should match pattern"],
+    ),
+    "bad task name": (
+        lambda p: p["tasks"].update({"a/b": {"source": "csv:x.csv"}}),
+        ["task name 'a/b' must match"],
+    ),
+    "dtype": (_set("embed.dtype", "int8"), ["embed.dtype", "'float16'", "got 'int8'"]),
+}
+
+
+@pytest.mark.parametrize("case", list(PARAMS_CASES))
+def test_bad_params(tmp_path, case):
+    edit, expected = PARAMS_CASES[case]
+    params = copy.deepcopy(base_params())
+    edit(params)
+    root = project(tmp_path, params, {"data/t.csv": "text,label\n" + "\n".join(GOOD_ROWS) + "\n"})
+    before = files_under(root)
+    res = run(root, "-m", "isoprobe", "check", "--params", "params.yaml")
+    assert_clean_failure(res, ["params.yaml", *expected])
+    # every stage validates the same file first and writes nothing
+    res = run(root, str(REPO / "stages/prepare.py"), "t")
+    assert_clean_failure(res, expected)
+    assert files_under(root) == before
+
+
+@pytest.mark.parametrize("stage", list(STAGES))
+def test_every_stage_validates_params_first(tmp_path, stage):
+    params = base_params()
+    params["finetune"]["train"]["lr"] = -1
+    root = project(tmp_path, params, {"data/t.csv": "text,label\n" + "\n".join(GOOD_ROWS) + "\n"})
+    before = files_under(root)
+    res = run(root, str(REPO / "stages" / f"{stage}.py"), *STAGES[stage])
+    assert_clean_failure(res, ["finetune.train.lr", "greater than 0", "got -1"])
+    assert files_under(root) == before
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("model: [unclosed\n", ["params.yaml: not valid YAML"]),
+        ("- a\n- b\n", ["expected a mapping at the top level, got list"]),
+        ("", ["expected a mapping at the top level, got NoneType"]),
+    ],
+)
+def test_unreadable_params(tmp_path, text, expected):
+    root = project(tmp_path, text, {})
+    res = run(root, "-m", "isoprobe", "check")
+    assert_clean_failure(res, expected)
+    res = run(root, str(REPO / "stages/prepare.py"), "t")
+    assert_clean_failure(res, expected)
+    assert files_under(root) == {"params.yaml"}
+
+
+def test_missing_params_file(tmp_path):
+    res = run(tmp_path, "-m", "isoprobe", "check", "--params", "nope.yaml")
+    assert_clean_failure(res, ["params file not found: nope.yaml"])
+
+
+# --------------------------------------------------------------------------- data
+
+TABLE = "text,label\n" + "\n".join(GOOD_ROWS) + "\n"
+
+
+def _csv(extra: str) -> dict[str, bytes | str]:
+    return {"data/t.csv": TABLE + extra}
+
+
+DATA_CASES = {
+    "empty text": (
+        _csv(",pos\n"),
+        None,
+        ["1 row(s) with empty text", "t.csv:62", "tasks.t.invalid_rows"],
+    ),
+    "whitespace text": (_csv('"   \t ",neg\n'), None, ["1 row(s) with empty text", "t.csv:62"]),
+    "missing label": (
+        _csv("a row without label,\n"),
+        None,
+        ["1 row(s) with missing label", "t.csv:62"],
+    ),
+    "NaN label": (_csv("a row with NaN,NaN\n"), None, ["1 row(s) with missing label", "t.csv:62"]),
+    "label outside the set": (
+        _csv("a row labelled meh,meh\n"),
+        {"labels": ["neg", "pos"]},
+        ["unknown label", "'meh'", "['neg', 'pos']", "tasks.t.labels"],
+    ),
+    "wrong column count (quoting)": (
+        _csv('an "unquoted, comma" row,pos\n'),
+        None,
+        ["bad field count", "t.csv:62 has 3 fields, expected 2"],
+    ),
+    "undecodable bytes": (
+        {"data/t.csv": TABLE.encode() + b"caf\xe9 au lait,pos\n"},
+        None,
+        ["undecodable", "t.csv:62", "not decodable as utf-8", "tasks.t.encoding"],
+    ),
+    "duplicates": (
+        _csv("row number 3 says yes,pos\n"),
+        None,
+        ["1 row(s) with duplicate", "tasks.t.invalid_rows is 'fail' for duplicate"],
+    ),
+    "conflicting labels": (
+        _csv("row number 3 says yes,neg\n"),
+        None,
+        ["2 row(s) with conflicting label"],
+    ),
+    "train/test leakage": (
+        {
+            "data/t/train.csv": TABLE,
+            "data/t/test.csv": "text,label\nRow number 5 says YES,pos\nunseen text,neg\n",
+        },
+        {"source": "csv:data/t"},
+        ["1 row(s) with leakage", "test row test.csv:2"],
+    ),
+    "leakage failing by reason only": (
+        {
+            "data/t/train.csv": TABLE + ",pos\n",
+            "data/t/test.csv": "text,label\nrow number 5 says yes,pos\n",
+        },
+        {"source": "csv:data/t", "invalid_rows": {"default": "drop", "leakage": "fail"}},
+        ["1 row(s) with leakage", "'fail' for leakage"],
+    ),
+    "missing data file": ({}, None, ["data file or directory not found: data/t.csv"]),
+    "missing label column": (
+        {"data/t.csv": "text,sentiment\nsome text,pos\n"},
+        None,
+        ["tasks.t.label_column: column 'label' not found", "columns there: text, sentiment"],
+    ),
+    "missing text column": (
+        {"data/t.csv": "body,label\nsome text,pos\n"},
+        None,
+        ["tasks.t.text_columns: column 'text' not found"],
+    ),
+    "empty file": ({"data/t.csv": ""}, None, ["empty file (expected a header line)"]),
+    "undecodable header": (
+        {"data/t.csv": b"t\xffxt,label\n" + "\n".join(GOOD_ROWS).encode()},
+        None,
+        ["header line is not decodable as utf-8"],
+    ),
+    "one class only": (
+        {"data/t.csv": "text,label\n" + "\n".join(f"text {i},pos" for i in range(30))},
+        None,
+        ["found 1 label(s) ['pos']", "needs >= 2"],
+    ),
+    "every row dropped": (
+        {"data/t.csv": "text,label\n" + "\n".join(f"text {i}," for i in range(30))},
+        {"invalid_rows": "drop"},
+        ["tasks.t: no usable rows in csv:data/t.csv (dropped: missing_label 30)"],
+    ),
+    "regression label not a number": (
+        {
+            "data/t.csv": "text,label\n"
+            + "".join(f"text {i},{i / 7:.3f}\n" for i in range(40))
+            + "a scored row,high\n"
+        },
+        {"label_type": "regression"},
+        ["unknown label", "'high'", "not a finite number"],
+    ),
+    "conllu line without 10 fields": (
+        {
+            "data/t.conllu": "# sent_id = 1\n1\tHi\thi\tINTJ\t_\t_\t0\troot\t_\t_\n2\tthere\tthere\tADV\n\n"
+        },
+        {"source": "conllu:data/t.conllu"},
+        ["malformed line", "t.conllu:3", "10 tab-separated fields, got 4"],
+    ),
+    "conllu tag outside the set": (
+        {"data/t.conllu": "# sent_id = 1\n1\tHi\thi\tGREET\t_\t_\t0\troot\t_\t_\n\n"},
+        {"source": "conllu:data/t.conllu"},
+        ["unknown label", "['GREET']"],
+    ),
+}
+
+
+@pytest.mark.parametrize("case", list(DATA_CASES))
+def test_bad_data(tmp_path, case):
+    files, task_update, expected = DATA_CASES[case]
+    params = base_params()
+    params["tasks"]["t"].update(task_update or {})
+    if params["tasks"]["t"]["source"].startswith("conllu:"):  # fine-tuning needs a sentence task
+        params["tasks"]["u"] = {"source": "csv:data/u.csv"}
+        params["pipeline"]["tasks"] = ["t", "u"]
+        params["finetune"]["tasks"] = ["u"]
+        params["probe"] = {"tasks": ["u"]}
+    root = project(tmp_path, params, files)
+    before = files_under(root)
+    res = run(root, str(REPO / "stages/prepare.py"), "t")
+    assert_clean_failure(res, expected)
+    assert files_under(root) == before, "the failed stage left files"
+    assert not (root / "data/prepared").exists()
+
+
+def test_drop_policy_counts_every_reason(tmp_path):
+    """With `drop`, the same bad rows are all counted per reason in meta.json, nothing else lost."""
+    bad = (
+        ",pos\n"  # empty text
+        '"   ",neg\n'  # whitespace text
+        "no label,\n"  # missing label
+        "nan label,nan\n"  # NaN label
+        "meh label,meh\n"  # unknown label
+        'an "unquoted, comma" row,pos\n'  # wrong field count
+        "row number 3 says yes,pos\n"  # duplicate
+        "row number 4 says no,pos\n"  # conflicting label (with 'neg' in GOOD_ROWS): 2 rows
+    )
+    files = {
+        "data/t/train.csv": TABLE.encode() + bad.encode() + b"caf\xe9,pos\n",
+        "data/t/test.csv": "text,label\nROW NUMBER 7 SAYS YES,pos\n"
+        + "\n".join(f"test text {i},{'neg' if i % 2 else 'pos'}" for i in range(10))
+        + "\n",
+    }
+    params = base_params()
+    params["tasks"]["t"].update(source="csv:data/t", invalid_rows="drop", labels=["neg", "pos"])
+    root = project(tmp_path, params, files)
+    res = run(root, str(REPO / "stages/prepare.py"), "t")
+    assert res.returncode == 0, res.stderr
+    meta = yaml.safe_load((root / "data/prepared/t/meta.json").read_text())
+    assert meta["dropped"] == {
+        "bad_field_count": 1,
+        "malformed_line": 0,
+        "undecodable": 1,
+        "empty_text": 2,
+        "missing_label": 2,
+        "unknown_label": 1,
+        "duplicate": 1,
+        "conflicting_label": 2,
+        "leakage": 1,
+    }
+    assert meta["invalid_rows"]["leakage"] == "drop"
+    rows = {s: c["rows"] for s, c in meta["counts"].items()}
+    # 60 good train rows - 1 (row 4's conflict) + 10 test rows; dev carved from train
+    assert rows["train"] + rows["dev"] == 59 and rows["test"] == 10
+    assert "dropped: " in res.stdout and "leakage 1" in res.stdout
