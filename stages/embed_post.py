@@ -5,16 +5,69 @@ measure isotropy after fine-tuning.
 Writes data/embeddings/finetuned/<method>/<seed>/<task>/, metrics/isotropy/<task>/<method>/<seed>.json
 (per-layer [CLS] isotropy as for the pre-trained encoder, and `head_input` isotropy), and
 plots/isotropy/<task>/finetuned_<method>_<seed>_by_layer.csv; adds the isotropy metrics to the
-fine-tuning MLflow run."""
+fine-tuning MLflow run.
+
+A model folder holding only `status.json` (fine-tuning diverged) is not embedded: the embeddings
+folder gets only an info.json and the metrics JSON `status: skipped` with the reason, the CSV its
+header; one warning on stderr, nothing logged to MLflow, exit code 0."""
+
+import sys
+from pathlib import Path
 
 from isoprobe.config import SPLITS, load_params
 from isoprobe.stage import check_instance, instance_arguments, offline_if_local, run_stage
+
+
+def skip_reason(folder: Path) -> str | None:
+    """Why the model in `folder` is not embedded (its status.json: fine-tuning did not finish)."""
+    from isoprobe.io import read_json
+
+    status = read_json(folder / "status.json") if (folder / "status.json").is_file() else {}
+    if status.get("status", "ok") == "ok":
+        return None
+    if status["status"] == "diverged":
+        return f"fine-tuning diverged at step {status.get('diverged_at_step')}"
+    return f"fine-tuning ended with status {status['status']}"
+
+
+def write_skipped(args, params, folder: Path, reason: str) -> None:
+    """Every output of the stage, marked skipped (no embeddings, no isotropy)."""
+    from isoprobe.io import atomic_dir, atomic_file, write_json
+    from isoprobe.paths import (
+        embeddings_dir,
+        finetuned_encoder,
+        isotropy_metrics_file,
+        isotropy_plots_dir,
+    )
+
+    encoder = finetuned_encoder(args.method, args.seed)
+    context = {
+        "status": "skipped", "reason": reason, "stage": "embed_post", "task": args.task,
+        "encoder": encoder, "method": args.method, "seed": args.seed,
+    }  # fmt: skip
+    with atomic_dir(embeddings_dir(args.task, encoder)) as tmp:
+        write_json(tmp / "info.json", {**context, "model": str(folder)})
+    plot_dir = isotropy_plots_dir(args.task, encoder)
+    with atomic_file(plot_dir.with_name(plot_dir.name + "_by_layer.csv")) as f:
+        f.write("layer,isoscore\n")  # header only: `dvc plots show` draws nothing
+    write_json(
+        isotropy_metrics_file(args.task, encoder),
+        {**context, "model": params.model.name, "split": params.isotropy.split},
+    )
+    where = f"{args.task}/{args.method}/{args.seed}"
+    print(f"isoprobe: warning: embed_post {where} skipped: {reason}", file=sys.stderr, flush=True)
 
 
 def main() -> None:
     args = instance_arguments(__doc__)
     params = load_params(args.params)
     check_instance(args, params.finetune)
+    from isoprobe.paths import model_dir
+
+    folder = model_dir(args.task, args.method, args.seed)
+    if reason := skip_reason(folder):
+        write_skipped(args, params, folder, reason)
+        return
     offline_if_local("embedded:")  # the fine-tuned model is a local folder
 
     import numpy as np
@@ -34,13 +87,11 @@ def main() -> None:
         finetuned_encoder,
         isotropy_metrics_file,
         isotropy_plots_dir,
-        model_dir,
         prepared_dir,
     )
     from isoprobe.tracking import tracked_run
 
     cfg = params.embed
-    folder = model_dir(args.task, args.method, args.seed)
     encoder_label = finetuned_encoder(args.method, args.seed)
     meta = load_meta(prepared_dir(args.task))
     splits = {s: load_split(prepared_dir(args.task), s) for s in SPLITS}

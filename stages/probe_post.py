@@ -8,7 +8,11 @@ fine-tuned on FT (its word vectors are computed here, in memory).
 
 Writes metrics/probe/<task>/<encoder>.json, data/probe/<task>/<encoder>.safetensors and
 plots/probe/<task>/<encoder>_by_layer.csv, with <encoder> `<method>/<seed>` (probe_post) or
-`<ft>/<method>/<seed>` (probe_cross), and one MLflow run `probe-<encoder>` in isoprobe/<task>."""
+`<ft>/<method>/<seed>` (probe_cross), and one MLflow run `probe-<encoder>` in isoprobe/<task>.
+
+An encoder whose fine-tuning did not finish normally (the fine-tuning metrics JSON, models/.../status.json
+or the embed_post info.json say so) is not probed: the same files are written marked `status: skipped`
+(no arrays, CSV header only), with one warning on stderr and no MLflow run; the stage exits 0."""
 
 from types import SimpleNamespace
 
@@ -45,8 +49,40 @@ def main() -> None:
         probed_encoder,
     )
     from isoprobe.probe_outputs import load_probe_data
-    from isoprobe.probe_run import check_probed_task, embed_words, probe_and_write
+    from isoprobe.probe_run import (
+        check_probed_task,
+        embed_words,
+        probe_and_write,
+        skip_reason,
+        warn_skipped,
+        write_skipped,
+    )
     from isoprobe.probing import Reference
+
+    encoder = probed_encoder(args.task, args.method, args.seed, ft_task)
+    ft_file = finetune_metrics_file(ft_task, args.method, args.seed)
+    if not ft_file.is_file():
+        raise IsoprobeError(
+            f"fine-tuning metrics not found: {ft_file} (run the finetune stage first)"
+        )
+    ft_metrics = read_json(ft_file)
+    context = {
+        "model": str(model_dir(ft_task, args.method, args.seed)), "base_model": params.model.name,
+        "finetune_task": ft_task, "method": args.method, "seed": args.seed,
+        "finetune_status": ft_metrics.get("status"),
+    }  # fmt: skip
+    # the stage's own deps: probe_cross reads the model folder, probe_post embed_post's vectors
+    marker = (
+        model_dir(ft_task, args.method, args.seed) / "status.json"
+        if cross
+        else embeddings_dir(args.task, finetuned_encoder(args.method, args.seed)) / "info.json"
+    )
+    reason = skip_reason(ft_metrics) or skip_reason(read_json(marker) if marker.is_file() else None)
+    if reason:
+        stage = "probe_cross" if cross else "probe_post"
+        write_skipped(stage, args.task, encoder, reason, context)
+        warn_skipped(stage, f"{args.task}/{encoder}", reason)
+        return
 
     meta, splits = check_probed_task(params, args.task)
     features = params.probe.features
@@ -75,13 +111,6 @@ def main() -> None:
         centroids=load_embeddings(ref_file, "centroids"),
         distances_train=load_embeddings(ref_file, "distances_train"),
     )
-    ft_metrics = read_json(finetune_metrics_file(ft_task, args.method, args.seed))
-    encoder = probed_encoder(args.task, args.method, args.seed, ft_task)
-    context = {
-        "model": str(model_dir(ft_task, args.method, args.seed)), "base_model": params.model.name,
-        "finetune_task": ft_task, "method": args.method, "seed": args.seed,
-        "finetune_status": ft_metrics.get("status"),
-    }  # fmt: skip
     tags = {
         "method": args.method, "seed": args.seed, "finetune_task": ft_task,
         "finetune_run_id": ft_metrics.get("mlflow_run_id"),

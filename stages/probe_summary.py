@@ -5,7 +5,8 @@ Writes plots/probe/summary/<task>/: accuracy.png (linear and MLP probe test accu
 clusters.png (DirectProbe clusters by layer against the number of labels), distance.png (minimum
 label-pair hull distance by layer), similarity.png (spatial similarity to the pre-trained space and
 between train and test; CKA to the pre-trained vectors), centroids_pca.png (label centroids before
-and after fine-tuning, last probed layer)."""
+and after fine-tuning, last probed layer). Encoders a probe stage skipped (fine-tuning diverged) are
+left out of the medians; they are counted here and listed by the report."""
 
 import argparse
 
@@ -25,8 +26,9 @@ def main() -> None:
 
     with atomic_dir(probe_summary_dir()) as tmp:
         for task in [*params.probe.tasks, *params.probe.token_tasks]:
-            n = write_summary_plots(params, task, tmp / task)
-            print(f"probe_summary {task}: {n} figures")
+            n, skipped = write_summary_plots(params, task, tmp / task)
+            left_out = f", {len(skipped)} skipped encoders left out ({', '.join(skipped)})"
+            print(f"probe_summary {task}: {n} figures" + (left_out if skipped else ""))
 
 
 if __name__ == "__main__":

@@ -1,8 +1,13 @@
 """One probe stage run: check the task, probe an encoder's vectors, write the outputs and log one
-MLflow run `probe-<encoder>` (tags stage=probe, encoder, method, seed, finetune_task)."""
+MLflow run `probe-<encoder>` (tags stage=probe, encoder, method, seed, finetune_task).
+
+An encoder whose fine-tuning did not finish normally (diverged) is not probed: the stage writes
+"skipped" outputs instead (metrics JSON with `status: skipped` and the reason, a safetensors file
+with no arrays, the CSV header) and no MLflow run; the summary and the report leave it out and list it."""
 
 from __future__ import annotations
 
+import sys
 import time
 
 from isoprobe.config import SPLITS, Params
@@ -130,6 +135,45 @@ def probe_and_write(
     return report
 
 
+def skip_reason(status: dict | None) -> str | None:
+    """Why an encoder is not used: `status` (a fine-tuning metrics JSON, models/.../status.json or a
+    skipped stage's output) says its run did not finish normally; None when it did (or is absent)."""
+    if not status or status.get("status", "ok") == "ok":
+        return None
+    if status.get("reason"):
+        return str(status["reason"])
+    if status["status"] == "diverged":
+        return f"fine-tuning diverged at step {status.get('diverged_at_step')}"
+    return f"fine-tuning ended with status {status['status']}"
+
+
+def is_skipped(report: dict | None) -> bool:
+    return bool(report) and report.get("status") == "skipped"
+
+
+def warn_skipped(stage: str, where: str, reason: str) -> None:
+    print(f"isoprobe: warning: {stage} {where} skipped: {reason}", file=sys.stderr, flush=True)
+
+
+def write_skipped(stage: str, task: str, encoder: str, reason: str, context: dict) -> dict:
+    """The outputs of a probe stage that did not probe `encoder` (every path DVC expects); returns
+    the metrics JSON."""
+    import csv
+
+    from isoprobe.io import atomic_file, write_json, write_safetensors
+    from isoprobe.paths import probe_arrays_file, probe_metrics_file, probe_plot_file
+    from isoprobe.probe_outputs import CSV_COLUMNS
+
+    report = {"status": "skipped", "reason": reason, "stage": stage, "task": task,
+              "encoder": encoder, **context}  # fmt: skip
+    meta = {"status": "skipped", "reason": reason, "task": task, "encoder": encoder}
+    write_safetensors(probe_arrays_file(task, encoder), {}, meta)
+    with atomic_file(probe_plot_file(task, encoder)) as f:
+        csv.writer(f).writerow(CSV_COLUMNS)  # header only: `dvc plots show` draws nothing
+    write_json(probe_metrics_file(task, encoder), report)
+    return report
+
+
 def encoder_groups(params: Params, task: str) -> dict[str, list[str]]:
     """Probed encoders of `task` by group: {"pretrained": ["pretrained"], "<method>": [encoders over
     seeds], ...}; for a token task the groups are `<finetune task>/<method>`."""
@@ -145,22 +189,30 @@ def encoder_groups(params: Params, task: str) -> dict[str, list[str]]:
     return groups
 
 
-def write_summary_plots(params: Params, task: str, folder) -> int:
-    """The summary figures of one task into `folder`; returns how many were written."""
+def write_summary_plots(params: Params, task: str, folder) -> tuple[int, list[str]]:
+    """The summary figures of one task into `folder` (skipped encoders left out: medians over the
+    seeds probed); returns how many figures were written and the skipped encoders."""
     from isoprobe import probe_plots as plots
     from isoprobe.embed import load_embeddings
     from isoprobe.io import read_json
     from isoprobe.paths import probe_arrays_file, probe_metrics_file
 
     folder.mkdir(parents=True, exist_ok=True)
-    reports, centroids = {}, {}
+    reports, centroids, skipped = {}, {}, []
     for group, encoders in encoder_groups(params, task).items():
         for enc in encoders:
             path = probe_metrics_file(task, enc)
             if not path.is_file():
                 raise IsoprobeError(f"probe metrics not found: {path} (run the probe stages first)")
-        reports[group] = [read_json(probe_metrics_file(task, e)) for e in encoders]
-        centroids[group] = load_embeddings(probe_arrays_file(task, encoders[0]), "centroids")
+        runs = {e: read_json(probe_metrics_file(task, e)) for e in encoders}
+        skipped += [e for e, r in runs.items() if is_skipped(r)]
+        probed = [e for e, r in runs.items() if not is_skipped(r)]
+        if not probed:
+            continue
+        reports[group] = [runs[e] for e in probed]
+        centroids[group] = load_embeddings(probe_arrays_file(task, probed[0]), "centroids")
+    if "pretrained" not in reports:
+        raise IsoprobeError(f"{task}: the pre-trained encoder was not probed (skipped)")
     pre = reports["pretrained"][0]
     labels, where = pre["labels"], f"{task}, {params.model.name}, {pre['features']}"
     dp = params.probe.directprobe.enabled
@@ -189,6 +241,8 @@ def write_summary_plots(params: Params, task: str, folder) -> int:
     if dp:
         panels.insert(0, ("spatial similarity to pre-trained", lambda x: x.get("similarity_to_pretrained")))  # fmt: skip
         panels.append(("spatial similarity train/test", lambda x: x["directprobe"]["similarity_train_test"]))  # fmt: skip
+    if not fine:  # every fine-tuned encoder skipped: nothing to compare
+        return count, skipped
     plots.by_layer(
         {**fine, "pretrained": reports["pretrained"]} if dp else fine, panels,
         folder / "similarity.png", f"Change of the space by layer: {where}",
@@ -199,4 +253,4 @@ def write_summary_plots(params: Params, task: str, folder) -> int:
         labels, last, folder / "centroids_pca.png",
         f"Label centroids before and after fine-tuning (first seed): {where}",
     )  # fmt: skip
-    return count + 2
+    return count + 2, skipped

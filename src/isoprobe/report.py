@@ -5,6 +5,10 @@ Sections: setup and provenance; pre-trained isotropy; fine-tuning results (media
 seeds, mean, min/max, the difference to `baseline` with an exact paired sign-flip test and a
 bootstrap interval); gradients at [CLS]; isotropy after fine-tuning; probing; what failed or was
 skipped. `build(inputs, out)` writes the files and returns the numbers it showed.
+
+Diverged fine-tuning runs and the downstream outputs marked `status: skipped` (embed_post, probe_post,
+probe_cross of a diverged run) are left out of every aggregate (comparisons pair only the seeds both
+methods have) and listed in the last section.
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import csv
 import json
+import numbers
 import platform
 import subprocess
 from dataclasses import dataclass
@@ -73,8 +78,13 @@ def _read(path: Path) -> dict | None:
         return None
 
 
+def _finite(x: object) -> bool:
+    """A real number that is not NaN or infinite (None, NaN, text: False)."""
+    return isinstance(x, numbers.Real) and not isinstance(x, bool) and bool(np.isfinite(x))
+
+
 def _median(values: list) -> float | None:
-    v = [x for x in values if x is not None and x == x]
+    v = [x for x in values if _finite(x)]
     return float(np.median(v)) if v else None
 
 
@@ -105,11 +115,23 @@ class Report:
         self.numbers: dict = {"results": {}, "failures": {}}
         self.run_ids: list[tuple[str, str, str]] = []  # (what, run name, id)
         self.problems: list[tuple[str, str, object]] = []  # (where, what, count)
+        self.skips: list[list] = []  # [stage, task, method, seed, reason] of skipped outputs
 
     # ---------------------------------------------------------------- helpers
 
     def _finetune(self, task: str, method: str, seed: int) -> dict | None:
         return _read(self.root / f"metrics/finetune/{task}/{method}/{seed}.json")
+
+    def _skipped(
+        self, r: dict | None, stage: str, task: str, method: str, seed: int | None
+    ) -> bool:
+        """Whether `r` is a stage output marked skipped (then listed in the last section)."""
+        if not r or r.get("status") != "skipped":
+            return False
+        row = [r.get("stage") or stage, task, method, seed, r.get("reason") or "skipped"]
+        if row not in self.skips:
+            self.skips.append(row)
+        return True
 
     def _image(self, path: Path, caption: str) -> str:
         full = path if path.is_absolute() else self.root / path
@@ -223,7 +245,14 @@ class Report:
                         self.run_ids.append(
                             (f"finetune {task}", f"{method}-s{s}", r.get("mlflow_run_id"))
                         )
-                scores = {s: r["test"][r["metric"]] for s, r in ok.items()}
+                scores = {
+                    s: float(v)
+                    for s, r in ok.items()
+                    if _finite(v := (r.get("test") or {}).get(r.get("metric")))
+                }
+                if len(scores) < len(ok):
+                    self.problems.append((f"{task}/{method}", "finished runs without a finite test score",
+                                          len(ok) - len(scores)))  # fmt: skip
                 per_method[method] = scores
             report_plots.scores(task, self._metric(task), {m: list(v.values()) for m, v in per_method.items()},
                                 self.plots / f"scores_{task}.png")  # fmt: skip
@@ -305,14 +334,16 @@ class Report:
         inp = self.inp
         sec = Section("Gradients at [CLS]", "gradients")
         sec.add(para("||d loss / d [CLS]|| per optimizer step (before clipping), over every step of "
-                     "every seed. Does normalizing [CLS] tame it?"))  # fmt: skip
+                     "every seed that finished (diverged runs are left out: see the last section). "
+                     "Does normalizing [CLS] tame it?"))  # fmt: skip
         for task in inp.finetune_tasks:
             series, rows = {}, []
             for method in inp.methods:
                 values = []
                 for s in inp.seeds:
                     path = self.root / f"plots/finetune/{task}/{method}/{s}.csv"
-                    if path.is_file():
+                    run = self._finetune(task, method, s)
+                    if path.is_file() and (run or {}).get("status", "ok") == "ok":
                         with path.open(encoding="utf-8") as f:
                             values += [
                                 float(r["grad_cls"]) for r in csv.DictReader(f) if r.get("grad_cls")
@@ -343,6 +374,8 @@ class Report:
                     r
                     for s in inp.seeds
                     if (r := _read(self.root / f"metrics/isotropy/{task}/{method}/{s}.json"))
+                    and not self._skipped(r, "embed_post", task, method, s)
+                    and r.get("layers")
                 ]
                 if not runs:
                     continue
@@ -366,7 +399,13 @@ class Report:
             if pre and curves:
                 path = self.plots / f"isoscore_{task}.png"
                 report_plots.isoscore_by_layer(
-                    task, [lay.get("isoscore") for lay in pre["layers"]], curves, path
+                    task,
+                    [
+                        lay.get("isoscore") if _finite(lay.get("isoscore")) else np.nan
+                        for lay in pre["layers"]
+                    ],
+                    curves,
+                    path,
                 )
                 sec.add(
                     self._image(path, f"{task}: IsoScore by layer before and after fine-tuning")
@@ -383,23 +422,22 @@ class Report:
                      "between labels, nearest-cluster test accuracy, CKA and spatial similarity to "
                      "the pre-trained encoder (median over seeds)."))  # fmt: skip
         for task in inp.probe_tasks + inp.token_tasks:
-            groups = {"pre-trained": [self.root / f"metrics/probe/{task}/pretrained.json"]}
+            # group -> [(file, stage, task label, method, seed)]
+            groups = {"pre-trained": [(self.root / f"metrics/probe/{task}/pretrained.json", "probe", task, "pretrained", None)]}  # fmt: skip
             if task in inp.token_tasks:
-                groups |= {f"{ft}/{m}": [self.root / f"metrics/probe/{task}/{ft}/{m}/{s}.json" for s in inp.seeds]
+                groups |= {f"{ft}/{m}": [(self.root / f"metrics/probe/{task}/{ft}/{m}/{s}.json", "probe_cross",
+                                          f"{task} (encoder fine-tuned on {ft})", m, s) for s in inp.seeds]
                            for ft in inp.finetune_tasks for m in inp.methods}  # fmt: skip
             else:
-                groups |= {
-                    m: [self.root / f"metrics/probe/{task}/{m}/{s}.json" for s in inp.seeds]
-                    for m in inp.methods
-                }
+                groups |= {m: [(self.root / f"metrics/probe/{task}/{m}/{s}.json", "probe_post", task, m, s)
+                               for s in inp.seeds] for m in inp.methods}  # fmt: skip
             kind = "POS word vectors" if task in inp.token_tasks else "[CLS]"
             sec.add(f"<h3>{task} ({kind})</h3>")
             for name, files in groups.items():
-                runs = [r for f in files if (r := _read(f))]
-                if len(runs) < len(files):
-                    self.problems.append(
-                        (f"probe {task}/{name}", "probe metrics missing", len(files) - len(runs))
-                    )
+                found = [(_read(f), where) for f, *where in files]
+                if missing := sum(r is None for r, _ in found):
+                    self.problems.append((f"probe {task}/{name}", "probe metrics missing", missing))
+                runs = [r for r, where in found if r and not self._skipped(r, *where)]
                 if not runs:
                     continue
                 for r in runs:
@@ -463,6 +501,13 @@ class Report:
         sec.add("<h3>Fine-tuning runs not finished normally</h3>",
                 Table(["task", "method", "seed", "status", "at step"], diverged, left=4).html()
                 if diverged else para("None: every run finished."))  # fmt: skip
+        n_diverged = sum(r[3] == "diverged" for r in diverged)
+        self.numbers["failures"]["diverged"] = n_diverged
+        self.numbers["failures"]["skipped"] = len(self.skips)
+        self.numbers["failures"]["skips"] = [list(r) for r in self.skips]
+        sec.add("<h3>Downstream stages skipped (their fine-tuning did not finish)</h3>",
+                Table(["stage", "task", "method", "seed", "reason"], self.skips, left=5).html()
+                if self.skips else para("None."))  # fmt: skip
         dropped = []
         for task in inp.tasks:
             meta = _read(self.root / f"data/prepared/{task}/meta.json") or {}
@@ -483,9 +528,13 @@ class Report:
         sec.add("<h3>Skipped by the probes, missing files</h3>",
                 Table(["where", "what", "count"], [list(p) for p in self.problems], left=2).html()
                 if self.problems else para("Nothing missing."))  # fmt: skip
+        others = len(diverged) - n_diverged
         self.md += ["## Failed or skipped", "",
-                    f"- fine-tuning runs not finished normally: {len(diverged)}"
+                    f"- fine-tuning runs diverged: {n_diverged}"
+                    + (f" (and {others} more not finished normally)" if others else "")
                     + "".join(f"\n  - {t}/{m}/seed {s}: {st} at step {at}" for t, m, s, st, at in diverged),
+                    f"- downstream stages skipped: {len(self.skips)}"
+                    + "".join(f"\n  - {st} {t}/{m}/seed {s}: {why}" for st, t, m, s, why in self.skips),
                     f"- rows dropped or cut: {self.numbers['failures']['dropped']} (per reason in the report)",
                     f"- skipped by the probes or missing (items): {len(self.problems)}", ""]  # fmt: skip
         self.sections.append(sec)
