@@ -62,6 +62,9 @@ def main() -> None:
     args = instance_arguments(__doc__)
     params = load_params(args.params)
     check_instance(args, params.finetune)
+    from isoprobe.tracking import check_store
+
+    check_store(params.tracking, f"isoprobe/{args.task}")  # fail fast, before writing outputs
     from isoprobe.paths import model_dir
 
     folder = model_dir(args.task, args.method, args.seed)

@@ -3,12 +3,39 @@
 Writes models/<task>/<method>/<seed>/ (encoder and head in safetensors, config, tokenizer, head.json),
 metrics/finetune/<task>/<method>/<seed>.json (dev/test scores, best epoch, gradient-norm summary),
 plots/finetune/<task>/<method>/<seed>.csv (per-step loss and gradient norms), and one MLflow run
-`<method>-s<seed>` in experiment isoprobe/<task>."""
+`<method>-s<seed>` in experiment isoprobe/<task>.
 
+checkpoints/<task>/<method>/<seed>/ holds the checkpoints of an unfinished run (a rerun after a kill
+resumes there, in the same MLflow run) and, once the stage is done, only a small state.json marker.
+
+A run whose loss or gradient norm turns non-finite is recorded as `status: diverged` (metrics JSON,
+CSV up to that step, models/... holding only status.json, MLflow run FAILED); the stage then exits 0
+with a warning, or with `finetune.fail_fast: true` fails (exit 2) so `dvc repro` stops."""
+
+import sys
 from contextlib import nullcontext
 
 from isoprobe.config import load_params
 from isoprobe.stage import check_instance, instance_arguments, offline_if_local, run_stage
+
+
+def existing_run(tracking, task: str, run_id: str | None) -> str | None:
+    """The checkpoint's MLflow run id if the store still holds that run, else None (a new run)."""
+    if run_id is None:
+        return None
+    from isoprobe.tracking import open_store
+
+    store = open_store(tracking, f"isoprobe/{task}")
+    if store is None:
+        return None
+    try:
+        store[0].get_run(run_id)
+    except Exception:
+        print(
+            f"isoprobe: MLflow run {run_id} of the checkpoint is gone: a new run", file=sys.stderr
+        )
+        return None
+    return run_id
 
 
 def main() -> None:
@@ -21,11 +48,13 @@ def main() -> None:
     import torch
     from accelerate import Accelerator
 
+    from isoprobe.checkpoint import Checkpointer, checkpoint_dir
     from isoprobe.classifier import EncoderClassifier, check_pooling, save_classifier
     from isoprobe.data.prepare import load_meta, load_split
     from isoprobe.device import pick_device
+    from isoprobe.errors import IsoprobeError
     from isoprobe.finetune import finetune, gradient_summary, seed_everything
-    from isoprobe.finetune_outputs import flat_params, write_steps_csv
+    from isoprobe.finetune_outputs import finite_json, flat_params, write_steps_csv
     from isoprobe.heads import ClassifierHead
     from isoprobe.io import atomic_dir, write_json
     from isoprobe.models import load_encoder, resolve_model
@@ -54,6 +83,22 @@ def main() -> None:
     model = EncoderClassifier(encoder, head, cfg.pooling)
     run_name = f"{args.method}-s{args.seed}"
     main_process = accelerator.is_main_process  # under `accelerate launch`, only it logs and writes
+    flat = flat_params(params, args.task, args.method, args.seed)
+    checkpoint = Checkpointer(
+        checkpoint_dir(args.task, args.method, args.seed),
+        {
+            **flat, "model.revision": params.model.revision,
+            "data.content_sha256": meta.get("content_sha256"),
+            "processes": accelerator.num_processes,
+        },
+        every_steps=ft.checkpoint.every_steps, enabled=ft.checkpoint.enabled, main=main_process,
+    )  # fmt: skip
+    resume = checkpoint.resumable()
+    run_id = (
+        existing_run(params.tracking, args.task, resume and resume.get("mlflow_run_id"))
+        if main_process
+        else None
+    )
     tracking = tracked_run(
         params.tracking,
         f"isoprobe/{args.task}",
@@ -62,24 +107,36 @@ def main() -> None:
             "task": args.task, "method": args.method, "seed": args.seed, "stage": "finetune",
             "model": params.model.name, "processes": accelerator.num_processes,
         },
-    ) if main_process else nullcontext(Tracker(None, None))  # fmt: skip
+        run_id=run_id,
+    ) if main_process else nullcontext(Tracker())  # fmt: skip
     with tracking as run:
-        run.log_params(flat_params(params, args.task, args.method, args.seed))
+        checkpoint.run_id = run.run_id
+        if run_id is None:
+            run.log_params(flat)
         result = finetune(
             model, tokenizer, splits, meta, cfg, args.seed, accelerator=accelerator,
-            progress=not args.no_progress, on_epoch=lambda ep: run.log_metrics(
+            progress=not args.no_progress, checkpoint=checkpoint, on_epoch=lambda ep: run.log_metrics(
                 {f"epoch_{k}": v for k, v in ep.items() if k.startswith("dev_")}, step=ep["step"]),
         )  # fmt: skip
+        diverged = result.status != "ok"
         if main_process:
             core = accelerator.unwrap_model(model)
-            head_config = {
-                "method": args.method, "options": options, "hidden_size": info["hidden_size"],
-                "num_outputs": 1 if regression else meta["num_labels"], "dropout": cfg.dropout,
-                "label_type": meta["label_type"], "label_names": meta["label_names"], "task": args.task,
-                "seed": args.seed, "base_model": params.model.name, "best_epoch": result.best_epoch,
-            }  # fmt: skip
             with atomic_dir(model_dir(args.task, args.method, args.seed)) as tmp:
-                save_classifier(core, tokenizer, tmp, head_config)
+                if diverged:  # the weights are not finite: only the evidence
+                    write_json(
+                        tmp / "status.json",
+                        {"status": result.status, "diverged_at_step": result.diverged_at,
+                         "task": args.task, "method": args.method, "seed": args.seed},
+                    )  # fmt: skip
+                else:
+                    head_config = {
+                        "method": args.method, "options": options, "hidden_size": info["hidden_size"],
+                        "num_outputs": 1 if regression else meta["num_labels"], "dropout": cfg.dropout,
+                        "label_type": meta["label_type"], "label_names": meta["label_names"],
+                        "task": args.task, "seed": args.seed, "base_model": params.model.name,
+                        "best_epoch": result.best_epoch,
+                    }  # fmt: skip
+                    save_classifier(core, tokenizer, tmp, head_config)
             write_steps_csv(finetune_plot_file(args.task, args.method, args.seed), result.steps)
             report = {
                 "task": args.task,
@@ -102,8 +159,9 @@ def main() -> None:
                 "processes": accelerator.num_processes,
                 "mlflow_run_id": run.run_id,
             }
-            # per-step series; the schedule's rate as `learning_rate` (`lr` is the configured param)
-            series = [{**r, "learning_rate": r["lr"]} for r in result.steps]
+            # per-step series (finite points); the schedule's rate as `learning_rate` (`lr` is the
+            # configured param)
+            series = [finite_json({**r, "learning_rate": r["lr"]}) for r in result.steps]
             run.log_series(
                 series, keys=["loss", "learning_rate", "grad_cls", "grad_head", "grad_total"]
             )
@@ -114,16 +172,30 @@ def main() -> None:
             run.log_metrics(
                 {f"{g}_{s}": v for g, d in report["grad"].items() for s, v in d.items()}
             )
-            run.set_tags({"status": result.status})
+            run.set_tags({"status": result.status, "diverged_at_step": result.diverged_at})
             metrics_path = finetune_metrics_file(args.task, args.method, args.seed)
-            write_json(metrics_path, report)
+            write_json(metrics_path, finite_json(report))
             run.log_artifact(metrics_path, "metrics")
             run.log_artifact(finetune_plot_file(args.task, args.method, args.seed), "plots")
-            if cfg.log_weights:
+            if cfg.log_weights and not diverged:
                 run.log_artifacts(model_dir(args.task, args.method, args.seed), "model")
+            checkpoint.finish("diverged" if diverged else "complete", len(result.steps))
+            run.end("FAILED" if diverged else "FINISHED")  # also a resumed run
     accelerator.wait_for_everyone()
+    where = f"finetune {args.task}/{run_name} diverged at step {result.diverged_at}"
+    if diverged and ft.fail_fast:
+        raise IsoprobeError(
+            f"{where} (non-finite loss or gradient norm) and finetune.fail_fast is true: stopping "
+            "(its metrics, steps CSV and MLflow run are written as evidence)"
+        )
     if not main_process:
         return
+    if diverged:
+        print(
+            f"isoprobe: warning: {where} (non-finite loss or gradient norm): recorded as "
+            "status: diverged; the other runs go on (finetune.fail_fast: false)",
+            file=sys.stderr,
+        )
     shown = ", ".join(f"{k} {v:.4f}" for k, v in result.test.items())
     print(
         f"finetune {args.task}/{run_name}: {result.status}, best epoch {result.best_epoch}, test: {shown}"

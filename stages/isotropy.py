@@ -25,8 +25,9 @@ def main() -> None:
         isotropy_metrics_file,
         isotropy_plots_dir,
     )
-    from isoprobe.tracking import tracked_run
+    from isoprobe.tracking import check_store, tracked_run
 
+    check_store(params.tracking, f"isoprobe/{args.task}")  # before writing any output
     path = embeddings_dir(args.task, ENCODER) / f"{cfg.split}.safetensors"
     cls = load_embeddings(path, "cls")  # [L+1, N, H]
     emb_meta = embedding_metadata(path)

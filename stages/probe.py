@@ -17,7 +17,9 @@ def main() -> None:
     from isoprobe.paths import embeddings_dir, probed_encoder
     from isoprobe.probe_outputs import load_probe_data
     from isoprobe.probe_run import check_probed_task, probe_and_write
+    from isoprobe.tracking import check_store
 
+    check_store(params.tracking, f"isoprobe/{args.task}")  # fail fast, before probing
     meta, splits = check_probed_task(params, args.task)
     data, cut = load_probe_data(
         embeddings_dir(args.task, "pretrained"), splits, meta["kind"], params.probe.features

@@ -37,6 +37,9 @@ def main() -> None:
     if not cross and args.task not in params.probe.tasks:
         raise IsoprobeError(f"'{args.task}' is not one of probe.tasks {params.probe.tasks}")
     offline_if_local("embedded:")  # fine-tuned models are local folders
+    from isoprobe.tracking import check_store
+
+    check_store(params.tracking, f"isoprobe/{args.task}")  # fail fast, before probing
 
     from isoprobe.embed import load_embeddings
     from isoprobe.io import read_json

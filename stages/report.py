@@ -21,8 +21,9 @@ def main() -> None:
     from isoprobe.io import atomic_dir
     from isoprobe.paths import find_repo_root
     from isoprobe.report import ReportInputs, build
-    from isoprobe.tracking import tracked_run
+    from isoprobe.tracking import check_store, tracked_run
 
+    check_store(params.tracking, "isoprobe/report", root=find_repo_root())  # fail fast
     ft, pr = params.finetune, params.probe
     inputs = ReportInputs(
         root=Path.cwd(),

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from e2e_repo import DVC, SMALL, copy_repo, sh, small_params, write_params
+from e2e_repo import DVC, SMALL, clean_env, copy_repo, sh, small_params, write_params
 
 from conftest import free_port, requires_shared
 
@@ -105,6 +105,77 @@ def test_second_repro_is_a_no_op(repo):
     out = sh(repo, DVC, "repro").stdout
     assert "Data and pipelines are up to date" in out
     assert "Running stage" not in out
+
+
+VARYING = ("seconds", "examples_per_second", "mlflow_run_id", "classifier_seconds")
+
+
+def metrics_snapshot(root: Path) -> dict:
+    """Every metrics JSON under root/metrics, without wall-clock times and MLflow run ids."""
+
+    def strip(x):
+        if isinstance(x, dict):
+            return {k: strip(v) for k, v in x.items() if k not in VARYING}
+        return [strip(v) for v in x] if isinstance(x, list) else x
+
+    return {
+        str(f.relative_to(root)): strip(json.loads(f.read_text()))
+        for f in sorted((root / "metrics").rglob("*.json"))
+    }
+
+
+def repro_killed_at(root: Path, stage: str, delay: float, log: Path) -> str:
+    """Start `dvc repro`, SIGKILL its whole process group `delay` s after DVC starts `stage`;
+    returns the output. Fails if the run ends before that."""
+    with open(log, "w") as out:
+        proc = subprocess.Popen(
+            [DVC, "repro"], cwd=root, env=clean_env(), stdout=out, stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )  # fmt: skip
+        deadline = time.monotonic() + 900
+        while f"Running stage '{stage}'" not in log.read_text():
+            assert proc.poll() is None, (
+                f"dvc repro ended before {stage}:\n{log.read_text()[-3000:]}"
+            )
+            assert time.monotonic() < deadline
+            time.sleep(0.2)
+        time.sleep(delay)
+        assert proc.poll() is None, f"{stage} finished within {delay} s: choose a later point"
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    return log.read_text()
+
+
+def test_killed_repro_resumes_with_the_same_metrics(repo, tmp_path):
+    """SIGKILL `dvc repro` (DVC and the stage process) in the middle of several stages; each next
+    `dvc repro` carries on, and the end result equals the uninterrupted run's metrics."""
+    sh(repo, DVC, "repro")
+    reference = metrics_snapshot(repo)
+    assert len(reference) >= 8
+    params = small_params()
+    params["finetune"]["checkpoint"] = {"enabled": True, "every_steps": 2}
+    crashed = copy_repo(tmp_path, params)
+    points = [
+        ("embed@tweets", 3.0),  # encoder loaded, embedding
+        ("finetune@tweets-isobn-0", 12.0),  # training, after a checkpoint
+        ("probe@tweets", 4.0),  # probes and DirectProbe
+        ("report", 1.0),
+    ]
+    for i, (stage, delay) in enumerate(points):
+        out = repro_killed_at(crashed, stage, delay, tmp_path / f"repro-{i}.log")
+        status = sh(crashed, DVC, "status").stdout
+        assert stage.split("@")[0] in status, (
+            f"killed {stage} counts as done:\n{status}\n{out[-2000:]}"
+        )
+    sh(crashed, DVC, "repro")
+    assert "Data and pipelines are up to date" in sh(crashed, DVC, "status").stdout
+    assert metrics_snapshot(crashed) == reference
+    leftovers = [
+        p
+        for d in ("data", "models", "metrics", "plots", "report")
+        for p in (crashed / d).rglob(".*tmp-*")
+    ]
+    assert not leftovers, leftovers
 
 
 def test_metrics_and_plots_show(repo, tmp_path):

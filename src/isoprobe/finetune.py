@@ -13,6 +13,10 @@ trains on its share (rows r, r+P, ... of each batch); its loss is weighted by it
 so the averaged gradient, the step count, the learning-rate schedule and the logged norms are those of
 one process over the global batch, and normalizer statistics are all-reduced (IsoBN, whitening,
 batchnorm): the run matches the one-process run up to floating-point order (and dropout masks).
+
+With a `Checkpointer` the state is saved at the end of every epoch (and every N steps); a later call
+with a matching checkpoint resumes there and ends, on CPU with the same thread count, bit-identical
+to an uninterrupted run. A non-finite loss or gradient norm stops the run (`status: diverged`).
 """
 
 from __future__ import annotations
@@ -22,12 +26,13 @@ import math
 import random
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 
 import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from isoprobe.checkpoint import Checkpointer
 from isoprobe.classifier import EncoderClassifier
 from isoprobe.config import TrainConfig
 from isoprobe.errors import IsoprobeError
@@ -184,9 +189,13 @@ def finetune(
     accelerator=None,
     progress: bool = True,
     on_epoch: Callable[[dict], None] | None = None,
+    on_step: Callable[[dict], None] | None = None,
+    checkpoint: Checkpointer | None = None,
 ) -> FinetuneResult:
     """Train `model` on splits["train"], pick the best epoch on splits["dev"], score it on splits["test"].
-    The model ends holding the best-dev weights and head statistics."""
+    The model ends holding the best-dev weights and head statistics (a diverged run: the last ones,
+    no best epoch, empty dev/test). `on_step` gets each finite step's record after its checkpoint;
+    `checkpoint` saves and resumes (the caller ends it with `checkpoint.finish`)."""
     from accelerate import Accelerator
     from transformers import get_linear_schedule_with_warmup
 
@@ -221,13 +230,40 @@ def finetune(
     core = acc.unwrap_model(model)
     loss_fn = torch.nn.MSELoss() if regression else torch.nn.CrossEntropyLoss()
     result = FinetuneResult(status="ok")
-    best, best_state = -math.inf, None
-    t0 = time.perf_counter()
-    step = 0
-    bar = tqdm(total=total_steps, desc="finetune", unit="step", disable=not progress, mininterval=2)
-    for epoch in range(1, cfg.epochs + 1):
+    best_state, step, start_epoch, done = None, 0, 1, 0  # done: batches of start_epoch trained
+    resumed = checkpoint.load(acc, core, optimizer, scheduler) if checkpoint else None
+    acc.wait_for_everyone()  # every process has read the checkpoint before the next one replaces it
+    if resumed is not None:
+        state, best_state = resumed
+        result = FinetuneResult(**state["result"])
+        step, start_epoch, done = state["step"], state["epoch"], state["batch"]
+        rng.bit_generator.state = state["batch_order"]
+    best = result.epochs[result.best_epoch - 1][f"dev_{key}"] if result.best_epoch else -math.inf
+    t0 = time.perf_counter() - result.seconds
+
+    def save(epoch: int, batch: int, batch_order: dict) -> None:
+        """Checkpoint: `batch` batches of `epoch` done, drawn from the generator at `batch_order`."""
+        if checkpoint is not None:
+            result.seconds = time.perf_counter() - t0
+            where = {"step": step, "epoch": epoch, "batch": batch, "batch_order": batch_order}
+            checkpoint.save(
+                acc, core, optimizer, scheduler, best_state, {**where, "result": asdict(result)}
+            )
+
+    bar = tqdm(
+        total=total_steps,
+        initial=step,
+        desc="finetune",
+        unit="step",
+        disable=not progress,
+        mininterval=2,
+    )
+    for epoch in range(start_epoch, cfg.epochs + 1):
         model.train()
-        for idx in length_grouped_batches(lengths, cfg.batch_size, rng, min_size=min_size):
+        batch_order = rng.bit_generator.state
+        batches = length_grouped_batches(lengths, cfg.batch_size, rng, min_size=min_size)
+        for pos in range(done, len(batches)):
+            idx = batches[pos]
             local = idx[rank::world]
             batch = {
                 k: v.to(acc.device)
@@ -263,6 +299,12 @@ def finetune(
             optimizer.zero_grad(set_to_none=True)
             bar.update(1)
             bar.set_postfix(loss=f"{rec['loss']:.3f}", refresh=False)
+            every = checkpoint.every_steps if checkpoint else 0
+            if every and step % every == 0 and pos + 1 < len(batches):
+                save(epoch, pos + 1, batch_order)
+            if on_step:
+                on_step(rec)
+        done = 0
         if result.status != "ok":
             break
         dev_scores = task_scores(
@@ -286,9 +328,12 @@ def finetune(
         if dev_scores[key] > best:
             best, result.best_epoch = dev_scores[key], epoch
             best_state = copy.deepcopy({k: v.detach().cpu() for k, v in core.state_dict().items()})
+        save(epoch + 1, 0, rng.bit_generator.state)
     bar.close()
     result.seconds = time.perf_counter() - t0
-    if best_state is not None:
+    if result.status != "ok":
+        result.best_epoch = None  # no weights of a diverged run are kept or scored
+    elif best_state is not None:
         core.load_state_dict(best_state)
         best_epoch = result.epochs[result.best_epoch - 1]  # the dev scores of the weights kept
         result.dev = {

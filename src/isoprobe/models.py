@@ -111,10 +111,19 @@ def load_encoder(model: ResolvedModel):
     level = hf_logging.get_verbosity()
     hf_logging.set_verbosity_error()  # the missing-pooler notice is reported through `info` instead
     try:
+        # safetensors only: a pickled pytorch_model.bin could run code while loading
         encoder, loading = AutoModel.from_pretrained(
-            model.location, revision=model.revision, output_loading_info=True
+            model.location, revision=model.revision, output_loading_info=True, use_safetensors=True
         )
     except (OSError, ValueError) as err:
+        folder = Path(model.location)
+        if folder.is_dir() and not list(folder.glob("*.safetensors")):
+            raise IsoprobeError(
+                f"model.name: '{model.name}' has no safetensors weights (only "
+                f"{', '.join(sorted(p.name for p in folder.iterdir() if p.suffix in ('.bin', '.pt', '.pth', '.ckpt'))) or 'no weight files'}); "
+                "isoprobe loads safetensors only (pickled weights can run code). Convert them once "
+                "where you trust the file: AutoModel.from_pretrained(folder).save_pretrained(folder)"
+            ) from None
         raise _not_found(model, err) from None
     finally:
         hf_logging.set_verbosity(level)
