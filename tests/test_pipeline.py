@@ -124,31 +124,51 @@ def metrics_snapshot(root: Path) -> dict:
     }
 
 
-def repro_killed_at(root: Path, stage: str, delay: float, log: Path) -> str:
-    """Start `dvc repro`, SIGKILL its whole process group `delay` s after DVC starts `stage`;
-    returns the output. Fails if the run ends before that."""
+def repro_killed_at(root: Path, stage: str, ready, log: Path) -> str:
+    """Start `dvc repro` and SIGKILL its whole process group (DVC and the stage process) once DVC
+    runs `stage` and `ready(root)` holds; returns the output. Fails if the run ends before that."""
     with open(log, "w") as out:
         proc = subprocess.Popen(
             [DVC, "repro"], cwd=root, env=clean_env(), stdout=out, stderr=subprocess.STDOUT,
             start_new_session=True,
         )  # fmt: skip
         deadline = time.monotonic() + 900
-        while f"Running stage '{stage}'" not in log.read_text():
+        while f"Running stage '{stage}'" not in log.read_text() or not ready(root):
             assert proc.poll() is None, (
                 f"dvc repro ended before {stage}:\n{log.read_text()[-3000:]}"
             )
             assert time.monotonic() < deadline
-            time.sleep(0.2)
-        time.sleep(delay)
-        assert proc.poll() is None, f"{stage} finished within {delay} s: choose a later point"
+            time.sleep(0.1)
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
     return log.read_text()
 
 
+def after(seconds: float):
+    start: list[float] = []
+
+    def ready(_root: Path) -> bool:
+        start.append(start[0] if start else time.monotonic())
+        return time.monotonic() - start[0] >= seconds
+
+    return ready
+
+
+def checkpoint_at(step: int):
+    def ready(root: Path) -> bool:
+        path = root / "checkpoints/tweets/isobn/0/checkpoint.json"
+        try:
+            return json.loads(path.read_text())["step"] >= step
+        except (OSError, ValueError, KeyError):
+            return False
+
+    return ready
+
+
 def test_killed_repro_resumes_with_the_same_metrics(repo, tmp_path):
     """SIGKILL `dvc repro` (DVC and the stage process) in the middle of several stages; each next
-    `dvc repro` carries on, and the end result equals the uninterrupted run's metrics."""
+    `dvc repro` carries on (fine-tuning from its checkpoint), and the end result equals the
+    uninterrupted run's metrics."""
     sh(repo, DVC, "repro")
     reference = metrics_snapshot(repo)
     assert len(reference) >= 8
@@ -156,23 +176,24 @@ def test_killed_repro_resumes_with_the_same_metrics(repo, tmp_path):
     params["finetune"]["checkpoint"] = {"enabled": True, "every_steps": 2}
     crashed = copy_repo(tmp_path, params)
     points = [
-        ("embed@tweets", 3.0),  # encoder loaded, embedding
-        ("finetune@tweets-isobn-0", 12.0),  # training, after a checkpoint
-        ("probe@tweets", 4.0),  # probes and DirectProbe
-        ("report", 1.0),
+        ("embed@tweets", after(3.0)),  # encoder loaded, embedding
+        ("finetune@tweets-isobn-0", checkpoint_at(2)),  # training, after a mid-epoch checkpoint
+        ("probe@tweets", after(4.0)),  # probes and DirectProbe
+        ("report", after(1.0)),
     ]
-    for i, (stage, delay) in enumerate(points):
-        out = repro_killed_at(crashed, stage, delay, tmp_path / f"repro-{i}.log")
+    for i, (stage, ready) in enumerate(points):
+        out = repro_killed_at(crashed, stage, ready, tmp_path / f"repro-{i}.log")
         status = sh(crashed, DVC, "status").stdout
-        assert stage.split("@")[0] in status, (
-            f"killed {stage} counts as done:\n{status}\n{out[-2000:]}"
-        )
-    sh(crashed, DVC, "repro")
+        assert stage in status, f"killed {stage} counts as done:\n{status}\n{out[-2000:]}"
+    out = sh(crashed, DVC, "repro").stdout
+    assert "resuming fine-tuning" not in out  # the killed run resumed in the earlier repro
+    logs = "".join((tmp_path / f"repro-{i}.log").read_text() for i in range(len(points)))
+    assert "resuming fine-tuning from the checkpoint at step 2" in logs + out
     assert "Data and pipelines are up to date" in sh(crashed, DVC, "status").stdout
     assert metrics_snapshot(crashed) == reference
     leftovers = [
         p
-        for d in ("data", "models", "metrics", "plots", "report")
+        for d in ("data", "models", "metrics", "plots", "report", "checkpoints")
         for p in (crashed / d).rglob(".*tmp-*")
     ]
     assert not leftovers, leftovers
