@@ -59,7 +59,13 @@ def main() -> None:
         ) as run:
             run.log_artifact(tmp / "index.html")
             run.log_artifact(tmp / "summary.md")
-            run.log_metrics({"failed_runs": numbers["failures"]["runs"]})
+            run.log_metrics(
+                {
+                    "failed_runs": numbers["failures"]["runs"],
+                    "skipped_stages": numbers["failures"]["skipped"],
+                    "dropped_rows": numbers["failures"]["dropped"],
+                }
+            )
         # publish file by file (report/ also holds DVC's .gitignore), the page last
         with atomic_dir(out / "plots") as plots:
             for png in (tmp / "plots").iterdir():
