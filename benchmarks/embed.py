@@ -37,8 +37,9 @@ import torch  # noqa: E402
 
 from isoprobe.config import TaskConfig  # noqa: E402
 from isoprobe.data.sources import read_tweets  # noqa: E402
-from isoprobe.device import usable_cores  # noqa: E402
+from isoprobe.device import pick_device  # noqa: E402
 from isoprobe.embed import encode_rows, save_embeddings  # noqa: E402
+from isoprobe.errors import IsoprobeError  # noqa: E402
 from isoprobe.models import load_encoder, resolve_model  # noqa: E402
 
 MODEL = "embedded:all-MiniLM-L6-v2"
@@ -150,14 +151,11 @@ def main() -> None:
     p.add_argument("--tolerance", type=float, default=None, help="max abs diff of last-layer [CLS] "
                    "(default 1e-4 on CPU, 0.1 on CUDA, where isoprobe runs bf16 autocast)")  # fmt: skip
     args = p.parse_args()
-    if args.device == "cuda" and not torch.cuda.is_available():
-        raise SystemExit("--device cuda: no CUDA device available")
-    device = torch.device(args.device)
-    threads = args.threads or usable_cores()
-    torch.set_num_threads(threads)
-    if device.type == "cuda":  # as isoprobe.device.pick_device does
-        torch.backends.cuda.matmul.allow_tf32 = True
-        torch.backends.cudnn.allow_tf32 = True
+    try:  # sets the CPU thread count (0: every usable core) or TF32 on CUDA, as the stages do
+        device = pick_device(args.device, args.threads, key="--device")
+    except IsoprobeError as err:
+        raise SystemExit(str(err)) from None
+    threads = torch.get_num_threads()
     tolerance = (
         args.tolerance if args.tolerance is not None else (1e-4 if device.type == "cpu" else 0.1)
     )

@@ -52,7 +52,8 @@ from isoprobe.classifier import EncoderClassifier  # noqa: E402
 from isoprobe.config import HeadsConfig, TaskConfig, TrainConfig  # noqa: E402
 from isoprobe.data.prepare import prepare_task  # noqa: E402
 from isoprobe.data.sources import read_source  # noqa: E402
-from isoprobe.device import usable_cores  # noqa: E402
+from isoprobe.device import pick_device  # noqa: E402
+from isoprobe.errors import IsoprobeError  # noqa: E402
 from isoprobe.finetune import (  # noqa: E402
     encode_split,
     finetune,
@@ -504,14 +505,11 @@ def main() -> None:
     p.add_argument("--trainer-model", choices=["wrapper", "auto"], default="wrapper",
                    help="wrapper: the same EncoderClassifier; auto: AutoModelForSequenceClassification")  # fmt: skip
     args = p.parse_args()
-    if args.device == "cuda" and not torch.cuda.is_available():
-        raise SystemExit("--device cuda: no CUDA device available")
-    device = torch.device(args.device)
-    threads = args.threads or usable_cores()
-    torch.set_num_threads(threads)
-    if device.type == "cuda":  # as isoprobe.device.pick_device does
-        torch.backends.cuda.matmul.allow_tf32 = True
-        torch.backends.cudnn.allow_tf32 = True
+    try:  # sets the CPU thread count (0: every usable core) or TF32 on CUDA, as the stages do
+        device = pick_device(args.device, args.threads, key="--device")
+    except IsoprobeError as err:
+        raise SystemExit(str(err)) from None
+    threads = torch.get_num_threads()
     cfg = TrainConfig(
         lr=1e-4,
         batch_size=args.batch_size,
