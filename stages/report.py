@@ -24,27 +24,8 @@ def main() -> None:
     from isoprobe.tracking import check_store, tracked_run
 
     check_store(params.tracking, "isoprobe/report", root=find_repo_root())  # fail fast
-    ft, pr = params.finetune, params.probe
-    inputs = ReportInputs(
-        root=Path.cwd(),
-        model=params.model.name,
-        tasks=list(params.pipeline.tasks),
-        finetune_tasks=list(ft.tasks),
-        methods=list(ft.methods),
-        seeds=list(ft.seeds),
-        probe_tasks=list(pr.tasks),
-        token_tasks=list(pr.token_tasks),
-        hyper={
-            "finetune.train": ft.train.model_dump(mode="json"),
-            "finetune.heads": {
-                m: v for m, v in ft.heads.model_dump(mode="json").items() if m in ft.methods
-            },
-            "probe": pr.model_dump(mode="json", exclude={"tasks", "token_tasks"}),
-        },
-        alpha=params.report.alpha,
-        n_boot=params.report.n_boot,
-        seed=params.report.seed,
-    )
+    ft = params.finetune
+    inputs = ReportInputs.from_params(params, Path.cwd())
     out = Path("report")
     out.mkdir(exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=".report.tmp-", dir=".") as work:

@@ -1,4 +1,5 @@
-"""`python -m isoprobe check [--params FILE]`: validate a params file; `resolve-model NAME`: show where a model loads from."""
+"""`python -m isoprobe check [--params FILE]`: validate a params file; `resolve-model NAME`: show where a model loads from;
+`set-args PROFILE`: a profile as `dvc exp run -S` arguments; `results`: a run's results as Markdown."""
 
 from __future__ import annotations
 
@@ -25,6 +26,13 @@ def main(argv: list[str] | None = None) -> int:
     )
     sa.add_argument("profile")
     sa.add_argument("--params", default="params.yaml", help="checked with the overrides applied")
+    rs = sub.add_parser(
+        "results",
+        help="print the fine-tuning results (median ± std, paired tests against baseline) and the "
+        "pre-trained isotropy of a pipeline run as Markdown, from its metrics files",
+    )
+    rs.add_argument("--params", default="params.yaml")
+    rs.add_argument("--root", default=".", help="the repository the metrics files are in")
     args = p.parse_args(argv)
     try:
         if args.command == "check":
@@ -39,6 +47,14 @@ def main(argv: list[str] | None = None) -> int:
             load_params(args.params)  # the base must be valid too
             apply_overrides(args.params, overrides)
             print("\n".join(set_args(overrides)))
+        elif args.command == "results":
+            from pathlib import Path
+
+            from isoprobe.report import ReportInputs
+            from isoprobe.results import results_markdown
+
+            params = load_params(args.params)
+            print(results_markdown(ReportInputs.from_params(params, Path(args.root))), end="")
         else:
             from isoprobe.models import resolve_model
 

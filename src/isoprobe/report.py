@@ -27,6 +27,7 @@ import numpy as np
 import yaml
 
 from isoprobe import report_plots, stats
+from isoprobe.config import Params
 from isoprobe.report_html import Section, Table, esc, image, note, page, para
 
 ISO_KEYS = [
@@ -69,6 +70,31 @@ class ReportInputs:
     alpha: float = 0.05
     n_boot: int = 10000
     seed: int = 0
+
+    @classmethod
+    def from_params(cls, params: Params, root: Path) -> ReportInputs:
+        """The report of a pipeline run with `params` in the repository `root`."""
+        ft, pr = params.finetune, params.probe
+        return cls(
+            root=root,
+            model=params.model.name,
+            tasks=list(params.pipeline.tasks),
+            finetune_tasks=list(ft.tasks),
+            methods=list(ft.methods),
+            seeds=list(ft.seeds),
+            probe_tasks=list(pr.tasks),
+            token_tasks=list(pr.token_tasks),
+            hyper={
+                "finetune.train": ft.train.model_dump(mode="json"),
+                "finetune.heads": {
+                    m: v for m, v in ft.heads.model_dump(mode="json").items() if m in ft.methods
+                },
+                "probe": pr.model_dump(mode="json", exclude={"tasks", "token_tasks"}),
+            },
+            alpha=params.report.alpha,
+            n_boot=params.report.n_boot,
+            seed=params.report.seed,
+        )
 
 
 def _read(path: Path) -> dict | None:
