@@ -94,3 +94,39 @@ def test_results_of_a_missing_run_say_so(tmp_path):
     )  # fmt: skip
     assert "Runs: 24 expected, 0 ok, 24 missing." in res.stdout
     assert "| tweets | missing |" in res.stdout
+
+
+def probe_layer(layer: int, acc: float, clusters: int, cka: float | None = None) -> dict:
+    out = {
+        "layer": layer,
+        "linear": {"train": 1.0, "test": acc},
+        "mlp": {"train": 1.0, "test": acc + 0.01},
+        "directprobe": {"train": {"clusters": clusters, "min_distance": 0.5},
+                        "test": {"clusters": clusters}, "test_accuracy": acc - 0.1,
+                        "similarity_train_test": 0.9},
+    }  # fmt: skip
+    if cka is not None:
+        out["cka_to_pretrained"] = cka
+    return out
+
+
+def test_results_probing_tables_take_medians_over_seeds(tmp_path):
+    root = make_run(tmp_path)
+    params = yaml.safe_load((root / "params.yaml").read_text())
+    params["finetune"].update(methods=["baseline"], seeds=[0, 1, 2])
+    (root / "params.yaml").write_text(yaml.safe_dump(params))
+    write(root / "metrics/probe/tweets/pretrained.json",
+          {"layers": [probe_layer(0, 0.4, 0), probe_layer(1, 0.6, 3)]})  # fmt: skip
+    for seed, (acc, clusters, cka) in enumerate([(0.7, 3, 0.9), (0.8, 5, 0.5), (0.75, 4, 0.7)]):
+        write(root / f"metrics/probe/tweets/baseline/{seed}.json",
+              {"layers": [probe_layer(0, 0.4, 0, 1.0), probe_layer(1, acc, clusters, cka)]})  # fmt: skip
+    res = subprocess.run(
+        [sys.executable, "-m", "isoprobe", "results"],
+        cwd=root, capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    md = res.stdout.split("### Probing by layer")[1]
+    pre, base = md.split("tweets ([CLS]), baseline (3 runs, medians):")
+    assert "tweets ([CLS]), pre-trained (1 run, medians):" in pre
+    assert "| 1 | 0.6 | 0.61 | 3 | 0.5 | 0.5 |" in pre
+    # medians over the 3 seeds: accuracy .75, mlp .76, clusters 4, DirectProbe .65, CKA .7
+    assert "| 1 | 0.75 | 0.76 | 4 | 0.5 | 0.65 | 0.7 |" in base

@@ -477,6 +477,10 @@ class Report:
                         for i, lay in enumerate(runs[0]["layers"])]  # fmt: skip
                 sec.add(f"<h4>{name} ({len(runs)} run{'s' * (len(runs) > 1)})</h4>",
                         Table(["layer", *PROBE_KEYS], rows).html())  # fmt: skip
+                self.numbers.setdefault("probing", {}).setdefault(task, {})[name] = {
+                    "runs": len(runs),
+                    "rows": rows,  # [layer, *PROBE_KEYS]
+                }
             d = Path(f"plots/probe_summary/{task}")
             for png, what in (("accuracy", "probe accuracy by layer"), ("clusters", "DirectProbe clusters by layer"),
                               ("distance", "minimum label distance by layer"), ("similarity", "similarity and CKA by layer"),

@@ -8,7 +8,7 @@ import json
 import tempfile
 from pathlib import Path
 
-from isoprobe.report import Report, ReportInputs
+from isoprobe.report import PROBE_KEYS, Report, ReportInputs
 from isoprobe.report_html import Table
 
 # (metrics key, column title) of the pre-trained isotropy table, last layer [CLS]
@@ -119,17 +119,35 @@ def isotropy_table(inp: ReportInputs) -> str:
     return Table(header, rows, left=2).markdown()
 
 
+def probing_tables(inp: ReportInputs) -> str:
+    """Per probed task and encoder group (pre-trained, each method or fine-tuning task/method): one row
+    per layer, medians over seeds, as in the report."""
+    with tempfile.TemporaryDirectory(prefix="isoprobe-results-") as tmp:
+        rep = Report(inp, Path(tmp))
+        rep.probing()
+    lines = []
+    for task in inp.probe_tasks + inp.token_tasks:
+        kind = "POS word vectors" if task in inp.token_tasks else "[CLS]"
+        groups = rep.numbers.get("probing", {}).get(task, {})
+        if not groups:
+            lines += [f"{task} ({kind}): no probe metrics found.", ""]
+        for name, g in groups.items():
+            runs = f"{g['runs']} run{'s' * (g['runs'] > 1)}"
+            lines += [f"{task} ({kind}), {name} ({runs}, medians):", ""]
+            lines += [Table(["layer", *PROBE_KEYS], g["rows"]).markdown(), ""]
+    return "\n".join(lines)
+
+
 def results_markdown(inp: ReportInputs) -> str:
-    """Both tables with their headings."""
-    return "\n".join(
-        [
-            f"### Fine-tuning: test score, median ± std over seeds {', '.join(map(str, inp.seeds))}",
-            "",
-            finetune_tables(inp),
-            "",
-            f"### Pre-trained isotropy of [CLS] ({inp.model}, last layer)",
-            "",
-            isotropy_table(inp),
-            "",
-        ]
-    )
+    """The tables with their headings: fine-tuning (when there is a grid), pre-trained isotropy, and
+    probing (when tasks are probed)."""
+    seeds = ", ".join(map(str, inp.seeds))
+    parts = []
+    if inp.finetune_tasks and inp.methods:
+        parts += [f"### Fine-tuning: test score, median ± std over seeds {seeds}", "",
+                  finetune_tables(inp), ""]  # fmt: skip
+    parts += [f"### Pre-trained isotropy of [CLS] ({inp.model}, last layer)", "",
+              isotropy_table(inp), ""]  # fmt: skip
+    if inp.probe_tasks or inp.token_tasks:
+        parts += [f"### Probing by layer ({inp.model})", "", probing_tables(inp)]
+    return "\n".join(parts)
