@@ -20,6 +20,7 @@ ISOTROPY_COLUMNS = [
     ("corr_mean_abs", "mean abs corr"),
     ("centring_ratio", "centring ratio"),
     ("var_share_top10", "var share top 10"),
+    ("l2_share_top1", "L2 share top 1"),
     ("effective_rank", "effective rank"),
 ]
 
