@@ -65,3 +65,18 @@ def test_set_args_command():
     )  # fmt: skip
     lines = res.stdout.splitlines()
     assert lines[0] == "-S" and "finetune.train.lr=5e-05" in lines
+
+
+def test_glue_cpu_profile_is_the_readme_results_setting():
+    """The README's Results come from this profile: every method, 5 seeds, 800 training rows of the
+    four GLUE tasks, fine-tuning and pre-trained isotropy only (nothing probed)."""
+    merged = apply_overrides(REPO / "params.yaml", overrides_of("glue_cpu.yaml"))
+    assert merged.finetune.tasks == merged.pipeline.tasks == ["sst2", "stsb", "cola", "rte"]
+    assert merged.finetune.methods == ["baseline", "layernorm", "batchnorm", "standardize", "isobn", "whiten"]  # fmt: skip
+    assert merged.finetune.seeds == [1, 2, 3, 4, 5]
+    assert (merged.finetune.train.epochs, merged.finetune.train.max_length) == (3, 128)
+    for task in merged.finetune.tasks:
+        rows = merged.tasks[task].max_rows
+        assert (rows.train, rows.dev, rows.test) == (800, 200, None), task
+        assert merged.tasks[task].source.startswith("glue_tsv:../shared/data/glue/")
+    assert merged.probe.tasks == merged.probe.token_tasks == []
