@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -29,6 +30,27 @@ def _env(rank: int, world: int, port: int) -> None:
         OMP_NUM_THREADS="1",
     )  # fmt: skip
     torch.set_num_threads(1)
+
+
+def _finished(outdir: Path, rank: int) -> None:
+    """Mark this rank's results as saved, then wait until every rank has got that far."""
+    (outdir / f"done{rank}").touch()
+    dist.barrier()
+
+
+def _spawn(worker, args: tuple, outdir: Path) -> None:
+    """`mp.spawn(worker, args)` on WORLD processes.
+
+    gloo can abort a process while it exits, after `destroy_process_group` ("terminate called
+    without an active exception": a C++ thread torn down at interpreter exit; seen once in CI).
+    That is not what these tests check, so such a crash is tolerated only when every rank had
+    saved its results and passed the final barrier (`_finished`); any earlier failure raises."""
+    try:
+        mp.spawn(worker, args=args, nprocs=WORLD)
+    except mp.ProcessExitedException as e:
+        if not all((outdir / f"done{r}").exists() for r in range(WORLD)):
+            raise
+        warnings.warn(f"a process crashed after every rank finished its work: {e}", stacklevel=2)
 
 
 # --------------------------------------------------------------------------- BatchNorm across processes
@@ -58,6 +80,7 @@ def _bn_worker(rank: int, world: int, port: int, outdir: str, affine: bool):
              **{f"grad.{n}": g for n, g in grads.items()}},
             str(Path(outdir) / f"bn{rank}.safetensors"),
         )  # fmt: skip
+        _finished(Path(outdir), rank)
     finally:
         dist.destroy_process_group()
 
@@ -69,7 +92,7 @@ def test_batchnorm_across_processes_equals_global_batchnorm(tmp_path, affine):
     xg = x.clone().requires_grad_(True)
     expected = ref(xg)
     (expected * w).sum().backward()
-    mp.spawn(_bn_worker, args=(WORLD, free_port(), str(tmp_path), affine), nprocs=WORLD)
+    _spawn(_bn_worker, (WORLD, free_port(), str(tmp_path), affine), tmp_path)
     ranks = [load_file(str(tmp_path / f"bn{r}.safetensors")) for r in range(WORLD)]
     torch.testing.assert_close(torch.cat([r["y"] for r in ranks]), expected.detach())
     torch.testing.assert_close(torch.cat([r["dx"] for r in ranks]), xg.grad)
@@ -139,6 +162,7 @@ def _finetune_runs(bert: str, outdir: Path, rank: int) -> None:
 def _finetune_worker(rank: int, world: int, port: int, bert: str, outdir: str):
     _env(rank, world, port)
     _finetune_runs(bert, Path(outdir), rank)
+    _finished(Path(outdir), rank)
     dist.destroy_process_group()
 
 
@@ -156,7 +180,7 @@ def test_two_process_finetuning_equals_one_process(tmp_path, still_bert):
     two.mkdir()
     torch.set_num_threads(1)
     _finetune_runs(str(still_bert), one, rank=0)
-    mp.spawn(_finetune_worker, args=(WORLD, free_port(), str(still_bert), str(two)), nprocs=WORLD)
+    _spawn(_finetune_worker, (WORLD, free_port(), str(still_bert), str(two)), two)
     for method in METHODS:
         a = json.loads((one / f"{method}.json").read_text())
         b = json.loads((two / f"{method}.json").read_text())

@@ -4,11 +4,12 @@ succeeds and every run of every experiment lands, FINISHED, in the one MLflow st
 from __future__ import annotations
 
 import json
+import subprocess
 import time
 from pathlib import Path
 
 import pytest
-from e2e_repo import DVC, copy_repo, sh, small_params
+from e2e_repo import DVC, clean_env, copy_repo, sh, small_params
 
 pytestmark = pytest.mark.e2e
 
@@ -31,7 +32,7 @@ RUNS = {
     ("isoprobe/tweets", "probe-baseline-s0"),
     ("isoprobe/report", "report"),
 }
-TIMEOUT = 900
+TIMEOUT = 1800  # seconds for the whole queue; about 6-15 min on a 2-core machine
 
 
 def cheap_params() -> dict:
@@ -59,7 +60,14 @@ def test_queued_experiments_in_parallel_all_land_in_mlflow(tmp_path):
         sets = [arg for o in overrides for arg in ("-S", o)]
         sh(repo, DVC, "exp", "run", "--queue", "-n", name, *sets)
     t0 = time.monotonic()
-    sh(repo, DVC, "queue", "start", "-j", "2")
+    # Not through a pipe: the forked worker daemons inherit the caller's stdout/stderr, so a
+    # captured `dvc queue start` would only return once the whole queue has run.
+    with open(tmp_path / "queue-start.log", "w") as log:
+        started = subprocess.run(
+            [DVC, "queue", "start", "-j", "2"], cwd=repo, env=clean_env(), stdout=log,
+            stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, timeout=120,
+        )  # fmt: skip
+    assert started.returncode == 0, (tmp_path / "queue-start.log").read_text()
     while True:
         rows = queue_status(repo)
         if not any(s in row for row in rows for s in ("Queued", "Running")):
