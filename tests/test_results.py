@@ -130,3 +130,31 @@ def test_results_probing_tables_take_medians_over_seeds(tmp_path):
     assert "| 1 | 0.6 | 0.61 | 3 | 0.5 | 0.5 |" in pre
     # medians over the 3 seeds: accuracy .75, mlp .76, clusters 4, DirectProbe .65, CKA .7
     assert "| 1 | 0.75 | 0.76 | 4 | 0.5 | 0.65 | 0.7 |" in base
+
+
+def test_results_of_a_regression_task_compare_the_pearson_spearman_mean(tmp_path):
+    """STS-B-like runs: the metric is "correlation", the test scores are pearson, spearman, their
+    mean and the MSE; methods are compared on the mean (GLUE's STS-B score)."""
+    root = make_run(tmp_path)
+    params = yaml.safe_load((root / "params.yaml").read_text())
+    params["finetune"].update(methods=["baseline", "isobn"], seeds=list(range(6)))
+    (root / "params.yaml").write_text(yaml.safe_dump(params))
+    write(root / "data/prepared/tweets/meta.json", {"metric": "correlation"})
+    for method, shift in (("baseline", 0.0), ("isobn", 0.02)):
+        for seed, b in enumerate(BASE):
+            p, s = b + shift + 0.01, b + shift - 0.01  # mean: b + shift
+            test = {"pearson": p, "spearman": s, "pearson_spearman": (p + s) / 2, "mse": 9.0}
+            write(root / f"metrics/finetune/tweets/{method}/{seed}.json",
+                  {"status": "ok", "metric": "correlation", "test": test})  # fmt: skip
+    res = subprocess.run(
+        [sys.executable, "-m", "isoprobe", "results"],
+        cwd=root, capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    md = res.stdout
+    assert "tweets (pearson_spearman)" in md
+    main = {line.split("|")[1].strip(): line for line in md.splitlines() if line.startswith("| ")}
+    assert "0.6000 ± 0.0733" in main["baseline"]
+    assert "**0.6200 ± 0.0733**" in main["isobn"]
+    diff = rows(md, "tweets")
+    assert diff["isobn"][2:6] == ["6", "+0.0200", "+0.0200", "0.0312"]
+    assert "Runs: 12 expected, 12 ok." in md

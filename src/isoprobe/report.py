@@ -29,6 +29,7 @@ import yaml
 from isoprobe import report_plots, stats
 from isoprobe.config import Params
 from isoprobe.report_html import Section, Table, esc, image, note, page, para
+from isoprobe.scores import MAIN
 
 ISO_KEYS = [
     "isoscore",
@@ -274,7 +275,9 @@ class Report:
                 scores = {
                     s: float(v)
                     for s, r in ok.items()
-                    if _finite(v := (r.get("test") or {}).get(r.get("metric")))
+                    if _finite(
+                        v := (r.get("test") or {}).get(MAIN.get(r.get("metric"), r.get("metric")))
+                    )
                 }
                 if len(scores) < len(ok):
                     self.problems.append((f"{task}/{method}", "finished runs without a finite test score",
@@ -351,8 +354,11 @@ class Report:
         self.sections.append(sec)
 
     def _metric(self, task: str) -> str:
+        """The score compared across methods: the task's main score (Pearson/Spearman mean for
+        the correlation metric)."""
         meta = _read(self.root / f"data/prepared/{task}/meta.json") or {}
-        return meta.get("metric", "score")
+        metric = meta.get("metric", "score")
+        return MAIN.get(metric, metric)
 
     # ---------------------------------------------------------------- 4. gradients
 
