@@ -67,6 +67,28 @@ def test_set_args_command():
     assert lines[0] == "-S" and "finetune.train.lr=5e-05" in lines
 
 
+def test_set_args_overrides_a_profile_value():
+    """--set wins over the profile's own value (appending -S after xargs' arguments would not: the
+    profile's later -S wins in dvc), and is validated like the rest."""
+
+    def run(*extra):
+        return subprocess.run(
+            [sys.executable, "-m", "isoprobe", "set-args", "profiles/closer_look.yaml", *extra],
+            cwd=REPO, capture_output=True, text=True,
+        )  # fmt: skip
+
+    res = run("--set", "model.name=embedded:all-MiniLM-L6-v2", "--set", "finetune.seeds=[7]")
+    assert res.returncode == 0, res.stderr
+    lines = res.stdout.splitlines()
+    assert 'model.name="embedded:all-MiniLM-L6-v2"' in lines and "finetune.seeds=[7]" in lines
+    assert not any("bert-base-cased" in line for line in lines)
+    assert 'finetune.tasks=["trec_fine"]' in lines  # the rest of the profile is kept
+    bad = run("--set", "finetune.train.lr=-1")
+    assert bad.returncode == 2 and "finetune.train.lr" in bad.stderr and not bad.stdout
+    bad = run("--set", "model.name")
+    assert bad.returncode == 2 and "expected KEY.PATH=VALUE" in bad.stderr and not bad.stdout
+
+
 def test_glue_cpu_profile_is_the_readme_results_setting():
     """The README's Results come from this profile: every method, 5 seeds, 800 training rows of the
     four GLUE tasks, fine-tuning and pre-trained isotropy only (nothing probed)."""

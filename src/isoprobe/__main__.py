@@ -1,5 +1,5 @@
 """`python -m isoprobe check [--params FILE]`: validate a params file; `resolve-model NAME`: show where a model loads from;
-`set-args PROFILE`: a profile as `dvc exp run -S` arguments; `results`: a run's results as Markdown."""
+`set-args PROFILE [--set KEY=VALUE]`: a profile as `dvc exp run -S` arguments; `results`: a run's results as Markdown."""
 
 from __future__ import annotations
 
@@ -26,6 +26,10 @@ def main(argv: list[str] | None = None) -> int:
     )
     sa.add_argument("profile")
     sa.add_argument("--params", default="params.yaml", help="checked with the overrides applied")
+    sa.add_argument(
+        "--set", action="append", default=[], metavar="KEY=VALUE",
+        help="override a value of the profile (or add one), e.g. model.name=embedded:all-MiniLM-L6-v2; repeatable",
+    )  # fmt: skip
     rs = sub.add_parser(
         "results",
         help="print the fine-tuning results (median ± std, paired tests against baseline) and the "
@@ -41,9 +45,9 @@ def main(argv: list[str] | None = None) -> int:
                 f"{args.params}: ok ({len(params.tasks)} tasks defined; pipeline runs {', '.join(params.pipeline.tasks)})"
             )
         elif args.command == "set-args":
-            from isoprobe.profiles import apply_overrides, load_profile, set_args
+            from isoprobe.profiles import apply_overrides, load_profile, set_args, with_sets
 
-            overrides = load_profile(args.profile)
+            overrides = with_sets(load_profile(args.profile), args.set)
             load_params(args.params)  # the base must be valid too
             apply_overrides(args.params, overrides)
             print("\n".join(set_args(overrides)))

@@ -35,6 +35,30 @@ def flatten(overrides: dict, prefix: str = "") -> dict[str, Any]:
     return out
 
 
+def with_sets(overrides: dict, sets: list[str]) -> dict:
+    """The profile with `key.path=value` assignments on top (values read as YAML): a later value of
+    the same key wins, as with `dvc exp run -S`."""
+    out = copy.deepcopy(overrides)
+    for item in sets:
+        key, eq, raw = item.partition("=")
+        if not eq or not key or any(not part for part in key.split(".")):
+            raise IsoprobeError(
+                f"--set {item!r}: expected KEY.PATH=VALUE, e.g. model.name=bert-base-cased"
+            )
+        try:
+            value = yaml.safe_load(raw)
+        except yaml.YAMLError as e:
+            raise IsoprobeError(f"--set {item!r}: the value is not valid YAML ({e})") from None
+        node = out
+        *parents, last = key.split(".")
+        for part in parents:
+            if not isinstance(node.get(part, {}), dict):
+                node[part] = {}
+            node = node.setdefault(part, {})
+        node[last] = value
+    return out
+
+
 def set_args(overrides: dict) -> list[str]:
     """`-S` and `key=value` as separate arguments; values in JSON flow style (valid YAML, no spaces)."""
     args = []
