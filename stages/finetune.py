@@ -46,14 +46,12 @@ def main() -> None:
     offline_if_local(params.model.name)
 
     import torch
-    from accelerate import Accelerator
 
     from isoprobe.checkpoint import Checkpointer, checkpoint_dir
     from isoprobe.classifier import EncoderClassifier, check_pooling, save_classifier
     from isoprobe.data.prepare import load_meta, load_split
-    from isoprobe.device import pick_device
     from isoprobe.errors import IsoprobeError
-    from isoprobe.finetune import finetune, gradient_summary, seed_everything
+    from isoprobe.finetune import finetune, gradient_summary, make_accelerator, seed_everything
     from isoprobe.finetune_outputs import finite_json, flat_params, write_steps_csv
     from isoprobe.heads import ClassifierHead
     from isoprobe.io import atomic_dir, write_json
@@ -64,10 +62,7 @@ def main() -> None:
     cfg = ft.train
     meta = load_meta(prepared_dir(args.task))
     splits = {s: load_split(prepared_dir(args.task), s) for s in ("train", "dev", "test")}
-    device = pick_device(cfg.device, cfg.num_threads, key="finetune.train.device")
-    accelerator = Accelerator(
-        cpu=device.type == "cpu", mixed_precision="bf16" if device.type == "cuda" else "no"
-    )
+    accelerator = make_accelerator(cfg)
     seed_everything(args.seed)  # the head's initialisation is part of the seeded run
     encoder, tokenizer, info = load_encoder(resolve_model(params.model.name, params.model.revision))
     check_pooling(cfg.pooling, info)
@@ -153,7 +148,8 @@ def main() -> None:
                 "steps": len(result.steps),
                 "train_examples_seen": result.train_examples,
                 "seconds": round(result.seconds, 2),
-                "examples_per_second": round(result.train_examples / max(result.seconds, 1e-9), 1),
+                "eval_seconds": round(result.eval_seconds, 2),
+                "examples_per_second": round(result.examples_per_second, 1),
                 "device": str(accelerator.device),
                 "threads": torch.get_num_threads(),
                 "processes": accelerator.num_processes,

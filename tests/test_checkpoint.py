@@ -248,7 +248,7 @@ def finish(proc: subprocess.Popen, timeout: int = 600) -> tuple[int, str, str]:
     return proc.returncode, out, err
 
 
-TIMING = ("seconds", "examples_per_second", "mlflow_run_id")
+TIMING = ("seconds", "eval_seconds", "examples_per_second", "mlflow_run_id")
 
 
 def metrics(project: Path) -> dict:

@@ -137,6 +137,38 @@ def test_regression_trains_with_mse(tiny_bert, tokenizer):
     assert result.test["pearson"] > 0.9
 
 
+def test_regression_head_starts_at_the_mean_target(tiny_bert, tokenizer):
+    """A head that removes the [CLS] mean (standardize) cannot supply the target mean through its
+    weights; the output bias starts there instead. With a negligible learning rate it stays there,
+    and the test MSE is about the target variance, not variance + mean^2 (predicting about 0)."""
+    splits = {s: synthetic(n, i + 1, True) for i, (s, n) in enumerate([("train", 240), ("dev", 80), ("test", 80)])}  # fmt: skip
+    y_train = np.array([r["label"] for r in splits["train"]])
+    y_test = np.array([r["label"] for r in splits["test"]])
+    meta = {"label_type": "regression", "metric": "correlation", "num_labels": 1}
+    cfg = CFG.model_copy(update={"epochs": 1, "lr": 1e-9})
+    model = build(tiny_bert, "standardize", 0, outputs=1)
+    result = finetune(model, tokenizer, splits, meta, cfg, seed=0, progress=False)
+    assert float(model.head.linear.bias) == pytest.approx(y_train.mean(), abs=1e-4)
+    assert abs(y_train.mean()) > 1  # the check above is not trivially met by a zero bias
+    assert result.test["mse"] < np.var(y_test) + 0.5 < np.mean(y_test**2)
+
+
+def test_timing_and_threads_of_a_run_without_an_accelerator(tiny_bert, tokenizer):
+    """finetune() builds its accelerator from cfg (device, CPU threads); throughput leaves out the
+    dev evaluations."""
+    threads = torch.get_num_threads()
+    try:
+        cfg = CFG.model_copy(update={"epochs": 2, "num_threads": 1})
+        result = finetune(build(tiny_bert, "baseline", 0), tokenizer, SPLITS, META, cfg, seed=0, progress=False)  # fmt: skip
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(threads)
+    assert 0 < result.eval_seconds < result.seconds
+    assert result.examples_per_second == pytest.approx(
+        2 * 240 / (result.seconds - result.eval_seconds)
+    )
+
+
 def test_model_folder_round_trip(tiny_bert, tokenizer, tmp_path):
     model = build(tiny_bert, "isobn", 0)
     finetune(

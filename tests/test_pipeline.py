@@ -107,7 +107,7 @@ def test_second_repro_is_a_no_op(repo):
     assert "Running stage" not in out
 
 
-VARYING = ("seconds", "examples_per_second", "mlflow_run_id", "classifier_seconds")
+VARYING = ("seconds", "eval_seconds", "examples_per_second", "mlflow_run_id", "classifier_seconds")
 
 
 def metrics_snapshot(root: Path) -> dict:

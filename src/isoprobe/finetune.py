@@ -98,8 +98,27 @@ class FinetuneResult:
     dev: dict = field(default_factory=dict)
     test: dict = field(default_factory=dict)
     diverged_at: int | None = None
-    seconds: float = 0.0
+    seconds: float = 0.0  # wall time of the run, dev evaluations included
+    eval_seconds: float = 0.0  # of which evaluating dev after each epoch
     train_examples: int = 0
+
+    @property
+    def examples_per_second(self) -> float:
+        """Training throughput: examples seen per second of training (dev evaluations excluded)."""
+        return self.train_examples / max(self.seconds - self.eval_seconds, 1e-9)
+
+
+def make_accelerator(cfg: TrainConfig):
+    """An `accelerate.Accelerator` on `cfg.device` (CPU: `cfg.num_threads` threads), with bf16
+    autocast on CUDA."""
+    from accelerate import Accelerator
+
+    from isoprobe.device import pick_device
+
+    device = pick_device(cfg.device, cfg.num_threads, key="finetune.train.device")
+    return Accelerator(
+        cpu=device.type == "cpu", mixed_precision="bf16" if device.type == "cuda" else "no"
+    )
 
 
 def _param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
@@ -196,14 +215,10 @@ def finetune(
     The model ends holding the best-dev weights and head statistics (a diverged run: the last ones,
     no best epoch, empty dev/test). `on_step` gets each finite step's record after its checkpoint;
     `checkpoint` saves and resumes (the caller ends it with `checkpoint.finish`)."""
-    from accelerate import Accelerator
     from transformers import get_linear_schedule_with_warmup
 
     seed_everything(seed)
-    acc = accelerator or Accelerator(
-        mixed_precision="bf16" if torch.cuda.is_available() else "no",
-        cpu=not torch.cuda.is_available(),
-    )
+    acc = accelerator or make_accelerator(cfg)
     regression = meta["label_type"] == "regression"
     metric = meta["metric"]
     key = main_score(metric)
@@ -221,6 +236,9 @@ def finetune(
         length_grouped_batches(lengths, cfg.batch_size, np.random.default_rng(0), min_size=min_size)
     )
     freeze_unused_pooler(model)
+    if regression:  # start at the mean target: a head that removes the [CLS] mean cannot supply it
+        with torch.no_grad():
+            model.head.linear.bias.fill_(float(np.mean(labels)))
     total_steps = steps_per_epoch * cfg.epochs
     optimizer = make_adamw(model, cfg)
     scheduler = get_linear_schedule_with_warmup(
@@ -307,6 +325,7 @@ def finetune(
         done = 0
         if result.status != "ok":
             break
+        t_eval = time.perf_counter()
         dev_scores = task_scores(
             metric,
             data["dev"][2],
@@ -321,6 +340,7 @@ def finetune(
                 acc.autocast,
             ),
         )
+        result.eval_seconds += time.perf_counter() - t_eval
         ep = {"epoch": epoch, "step": step, **{f"dev_{k}": v for k, v in dev_scores.items()}}
         result.epochs.append(ep)
         if on_epoch:
