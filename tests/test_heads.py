@@ -527,6 +527,33 @@ def test_whiten_first_step_and_gradient():
     torch.testing.assert_close(x.grad, (w @ torch.ones(HIDDEN, dtype=torch.float64)).expand(64, -1))
 
 
+def test_whiten_eval_reuses_matrix_until_statistics_change(monkeypatch):
+    _, _, sample = _gaussian(25)
+    wh, other = Whiten(HIDDEN).train(), Whiten(HIDDEN).train()
+    for _ in range(3):
+        wh(sample(128))
+        other(sample(64) * 2.0)
+    calls = []
+    eigh = torch.linalg.eigh
+    monkeypatch.setattr(torch.linalg, "eigh", lambda a: calls.append(1) or eigh(a))
+    x = sample(32)
+
+    def expected(m):
+        return (x - m.stats.get("mean")) @ m.matrix()
+
+    wh.eval()
+    first, second = wh(x), wh(x)
+    assert len(calls) == 1  # one decomposition for two eval batches
+    torch.testing.assert_close(first, second, rtol=0, atol=0)
+    torch.testing.assert_close(first, expected(wh), rtol=0, atol=0)
+    wh.train()(sample(128))  # new statistics: the cached matrix is stale
+    wh.eval()
+    torch.testing.assert_close(wh(x), expected(wh), rtol=0, atol=0)
+    wh.load_state_dict(other.state_dict())  # same update count, other values
+    torch.testing.assert_close(wh(x), expected(other), rtol=0, atol=0)
+    assert not torch.allclose(wh(x), first)
+
+
 # --------------------------------------------------------------------------- torch.distributed
 
 
