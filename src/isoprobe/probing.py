@@ -205,15 +205,13 @@ def probe_encoder(
         ThreadPoolExecutor(max(1, workers)) as pool,
         tqdm(total=len(layers), desc=desc, unit="layer", disable=not progress) as bar,
     ):
-        # layers are independent and every probe seeds its own generators, so the results do not
-        # depend on `workers`; the threads overlap where torch and numpy release the GIL
+        # layers are independent and every probe seeds its own generators: the results do not
+        # depend on `workers`; torch, BLAS and HiGHS release the GIL while they compute
         futures = [
             pool.submit(probe_layer, layer, data, n_labels, cfg, reference) for layer in layers
         ]
         for f in as_completed(futures):
-            if f.exception() is not None:  # the first failure: drop the layers not started
-                pool.shutdown(wait=False, cancel_futures=True)
-                raise f.exception()
+            f.result()  # the first failure stops the run
             bar.update(1)
         for layer, f in zip(layers, futures, strict=True):
             metrics, arr = f.result()
