@@ -343,7 +343,6 @@ class ProbeConfig(Strict):
     mlp: MLPProbeOptions = MLPProbeOptions()
     directprobe: DirectProbeOptions = DirectProbeOptions()
     num_threads: int = Field(1, ge=0)  # CPU threads of the probes; 0 = every usable core
-    workers: int = Field(0, ge=0)  # layers probed at once (threads); 0 = usable cores / num_threads
     seed: int = 0
 
     @field_validator("tasks", "token_tasks", "layers")

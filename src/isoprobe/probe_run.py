@@ -91,19 +91,17 @@ def probe_and_write(
     cfg = params.probe
     labels = meta["label_names"]
     threads = cfg.num_threads or usable_cores()
-    workers = cfg.workers or max(1, usable_cores() // threads)
     torch.set_num_threads(threads)
     t0 = time.perf_counter()
     with threadpool_limits(threads):  # numpy / scikit-learn BLAS and OpenMP pools
         result = probe_encoder(
-            data, len(labels), cfg, reference, progress=progress,
-            desc=f"probe {task}/{encoder}", workers=workers,
-        )  # fmt: skip
+            data, len(labels), cfg, reference, progress=progress, desc=f"probe {task}/{encoder}"
+        )
     features = "words" if meta["kind"] == "token" else cfg.features
     full_context = {
         "task": task, "encoder": encoder, **context, "features": features, "labels": labels,
         "rows": {s: len(d.y) for s, d in data.items()}, "words_cut_by_max_length": words_cut,
-        "seconds": round(time.perf_counter() - t0, 2), "threads": threads, "workers": workers,
+        "seconds": round(time.perf_counter() - t0, 2), "threads": threads,
     }  # fmt: skip
     report = out.report(result, full_context)
     metrics_path = probe_metrics_file(task, encoder)
@@ -121,7 +119,6 @@ def probe_and_write(
                 "probe.mlp.l2_grid": cfg.mlp.l2_grid, "probe.mlp.lr": cfg.mlp.lr,
                 "probe.directprobe.enabled": cfg.directprobe.enabled,
                 "probe.directprobe.max_rows": cfg.directprobe.max_rows, "probe.num_threads": threads,
-                "probe.workers": workers,
                 **{f"rows_{s}": len(d.y) for s, d in data.items()},
                 "method": (tags or {}).get("method", "pretrained"),
                 "seed": (tags or {}).get("seed"),

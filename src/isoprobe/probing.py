@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import math
 import time
-from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -187,11 +186,9 @@ def probe_encoder(
     reference: Reference | None = None,
     progress: bool = True,
     desc: str = "probe",
-    workers: int = 1,
 ) -> ProbeResult:
-    """`probe_layer` on every layer of `cfg.layers`, `workers` layers at once (threads). Arrays,
-    stacked over all L+1 layers (NaN for layers not probed): `centroids` [L+1, C, H],
-    `distances_train` / `distances_test` [L+1, C, C]."""
+    """`probe_layer` on every layer of `cfg.layers`. Arrays, stacked over all L+1 layers (NaN for
+    layers not probed): `centroids` [L+1, C, H], `distances_train` / `distances_test` [L+1, C, C]."""
     n_layers = data["train"].X.shape[0]
     layers = resolve_layers(cfg.layers, n_layers)
     hidden = data["train"].X.shape[2]
@@ -201,23 +198,11 @@ def probe_encoder(
         "distances_test": np.full((n_layers, n_labels, n_labels), np.nan),
     }
     results = []
-    with (
-        ThreadPoolExecutor(max(1, workers)) as pool,
-        tqdm(total=len(layers), desc=desc, unit="layer", disable=not progress) as bar,
-    ):
-        # layers are independent and every probe seeds its own generators: the results do not
-        # depend on `workers`; torch, BLAS and HiGHS release the GIL while they compute
-        futures = [
-            pool.submit(probe_layer, layer, data, n_labels, cfg, reference) for layer in layers
-        ]
-        for f in as_completed(futures):
-            f.result()  # the first failure stops the run
-            bar.update(1)
-        for layer, f in zip(layers, futures, strict=True):
-            metrics, arr = f.result()
-            for k, v in arr.items():
-                arrays[k][layer] = v
-            results.append(metrics)
+    for layer in tqdm(layers, desc=desc, unit="layer", disable=not progress):
+        metrics, arr = probe_layer(layer, data, n_labels, cfg, reference)
+        for k, v in arr.items():
+            arrays[k][layer] = v
+        results.append(metrics)
     return ProbeResult(results, arrays)
 
 
