@@ -27,7 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from trec_embeddings import load  # noqa: E402
 
-from isoprobe.directprobe import DirectProbe  # noqa: E402
+from isoprobe.probing.directprobe import DirectProbe  # noqa: E402
 
 
 def run(granularity: str, n: int, seed: int, predict: bool) -> dict:

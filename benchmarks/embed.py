@@ -3,7 +3,7 @@
 On a seeded sample of the embedded tweet corpus (2,000 rows), with the embedded model, the same batch
 size, max length and thread count for every side, timed in interleaved repeats (median and all times):
 
-- isoprobe: `isoprobe.embed.encode_rows`, the in-memory core of `embed_splits` (what the embed stage
+- isoprobe: `isoprobe.embed.extract.encode_rows`, the in-memory core of `embed_splits` (what the embed stage
   runs per split: tokenization, length-sorted dynamically padded batches, inference mode, bf16 autocast
   on CUDA, [CLS] and mean of every layer), without the safetensors write (timed once, separately);
 - naive: the tokenizer with padding="max_length" in input order, fp32 under torch.no_grad,
@@ -35,12 +35,12 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from isoprobe.config import TaskConfig  # noqa: E402
+from isoprobe.core.config import TaskConfig  # noqa: E402
+from isoprobe.core.device import pick_device  # noqa: E402
+from isoprobe.core.errors import IsoprobeError  # noqa: E402
+from isoprobe.core.models import load_encoder, resolve_model  # noqa: E402
 from isoprobe.data.sources import read_tweets  # noqa: E402
-from isoprobe.device import pick_device  # noqa: E402
-from isoprobe.embed import encode_rows, save_embeddings  # noqa: E402
-from isoprobe.errors import IsoprobeError  # noqa: E402
-from isoprobe.models import load_encoder, resolve_model  # noqa: E402
+from isoprobe.embed.extract import encode_rows, save_embeddings  # noqa: E402
 
 MODEL = "embedded:all-MiniLM-L6-v2"
 
@@ -224,7 +224,7 @@ def main() -> None:
         for k, v in times.items()
     }
     per_side["isoprobe"]["measures"] = (
-        "isoprobe.embed.encode_rows: what embed_splits runs per split, minus the safetensors write"
+        "isoprobe.embed.extract.encode_rows: what embed_splits runs per split, minus the safetensors write"
     )
     per_side["isoprobe"]["autocast"] = "bf16" if device.type == "cuda" else "off (fp32)"
     per_side["isoprobe"]["save_seconds_once"] = round(save_seconds, 3)

@@ -6,7 +6,7 @@ stratified, seeded), same tokenization (truncation at max length), batch size, e
 both sides when this torch supports it, as isoprobe's `make_adamw` picks), linear warm-up/decay with
 the same warm-up steps, gradient clipping, dropout, seed and thread count:
 
-- isoprobe: `isoprobe.finetune.finetune` with the baseline head (`--isobn` adds IsoBN as a third
+- isoprobe: `isoprobe.finetune.loop.finetune` with the baseline head (`--isobn` adds IsoBN as a third
   side), no checkpoints, no progress bar; it always evaluates dev after the epoch and test at the end,
   so it gets tiny dev/test splits (`--eval-rows`);
 - trainer: `transformers.Trainer` on the same `EncoderClassifier` wrapped to return the
@@ -48,13 +48,15 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from torch import nn  # noqa: E402
 
-from isoprobe.classifier import EncoderClassifier  # noqa: E402
-from isoprobe.config import HeadsConfig, TaskConfig, TrainConfig  # noqa: E402
+from isoprobe.core.config import HeadsConfig, TaskConfig, TrainConfig  # noqa: E402
+from isoprobe.core.device import pick_device  # noqa: E402
+from isoprobe.core.errors import IsoprobeError  # noqa: E402
+from isoprobe.core.models import load_encoder, resolve_model  # noqa: E402
 from isoprobe.data.prepare import prepare_task  # noqa: E402
 from isoprobe.data.sources import read_source  # noqa: E402
-from isoprobe.device import pick_device  # noqa: E402
-from isoprobe.errors import IsoprobeError  # noqa: E402
-from isoprobe.finetune import (  # noqa: E402
+from isoprobe.finetune.classifier import EncoderClassifier  # noqa: E402
+from isoprobe.finetune.heads import ClassifierHead  # noqa: E402
+from isoprobe.finetune.loop import (  # noqa: E402
     encode_split,
     finetune,
     freeze_unused_pooler,
@@ -62,8 +64,6 @@ from isoprobe.finetune import (  # noqa: E402
     make_adamw,
     seed_everything,
 )
-from isoprobe.heads import ClassifierHead  # noqa: E402
-from isoprobe.models import load_encoder, resolve_model  # noqa: E402
 
 MODEL = "embedded:all-MiniLM-L6-v2"
 TARGET = 1.2

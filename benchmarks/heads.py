@@ -4,7 +4,7 @@ For hidden size 384 (the embedded MiniLM, 6 layers) and 768 (a randomly initiali
 12 layers by default, no download), on a fixed random batch (32 rows x 64 tokens):
 
 - step: a full training step (forward through encoder and head, cross-entropy, backward, AdamW step,
-  zero_grad), as `isoprobe.finetune` does it minus gradient clipping and logging, with each of
+  zero_grad), as `isoprobe.finetune.loop` does it minus gradient clipping and logging, with each of
   --methods (default baseline, isobn, whiten; the other three cost a full step per repeat). Warm-up
   steps first; then the methods run in a new seeded order in every repeat (to cancel drift); the
   median step time per method and overhead % = (median_method / median_baseline - 1) * 100.
@@ -37,12 +37,12 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from torch import nn  # noqa: E402
 
-from isoprobe.classifier import EncoderClassifier  # noqa: E402
-from isoprobe.config import TrainConfig  # noqa: E402
-from isoprobe.device import autocast, usable_cores  # noqa: E402
-from isoprobe.finetune import freeze_unused_pooler, make_adamw  # noqa: E402
-from isoprobe.heads import METHODS, ClassifierHead  # noqa: E402
-from isoprobe.models import load_encoder, resolve_model  # noqa: E402
+from isoprobe.core.config import TrainConfig  # noqa: E402
+from isoprobe.core.device import autocast, usable_cores  # noqa: E402
+from isoprobe.core.models import load_encoder, resolve_model  # noqa: E402
+from isoprobe.finetune.classifier import EncoderClassifier  # noqa: E402
+from isoprobe.finetune.heads import METHODS, ClassifierHead  # noqa: E402
+from isoprobe.finetune.loop import freeze_unused_pooler, make_adamw  # noqa: E402
 
 MODEL = "embedded:all-MiniLM-L6-v2"
 TARGET_PCT = 2.0
@@ -235,7 +235,7 @@ def main() -> None:
                 "step_methods": args.methods,
                 "head_only_iterations_per_repeat": args.head_iters,
                 "step": "forward (encoder + head, autocast bf16 on CUDA), cross-entropy, backward, "
-                "AdamW (isoprobe.finetune.make_adamw) step, zero_grad; no gradient clipping",
+                "AdamW (isoprobe.finetune.loop.make_adamw) step, zero_grad; no gradient clipping",
                 "threads": torch.get_num_threads(),
                 "device": str(device),
                 "torch": torch.__version__,

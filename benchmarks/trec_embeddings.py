@@ -39,8 +39,8 @@ def load(cache: Path = HERE / ".cache" / "trec_cls.safetensors") -> dict[str, np
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     import torch
 
-    from isoprobe.embed import encode_rows
-    from isoprobe.models import load_encoder, resolve_model
+    from isoprobe.core.models import load_encoder, resolve_model
+    from isoprobe.embed.extract import encode_rows
 
     torch.set_num_threads(len(os.sched_getaffinity(0)))
     encoder, tokenizer, _ = load_encoder(resolve_model("embedded:all-MiniLM-L6-v2"))

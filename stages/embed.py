@@ -4,8 +4,8 @@ vectors for token tasks) and info.json (model, device, throughput, truncation co
 
 import platform
 
-from isoprobe.config import SPLITS, load_params
-from isoprobe.stage import offline_if_local, run_stage, task_arguments
+from isoprobe.core.config import SPLITS, load_params
+from isoprobe.core.stage import offline_if_local, run_stage, task_arguments
 
 ENCODER = "pretrained"
 
@@ -19,12 +19,12 @@ def main() -> None:
     import torch
     import transformers
 
+    from isoprobe.core.device import pick_device
+    from isoprobe.core.io import atomic_dir, write_json
+    from isoprobe.core.layout import embeddings_dir, prepared_dir
+    from isoprobe.core.models import load_encoder, resolve_model
     from isoprobe.data.prepare import load_meta, load_split
-    from isoprobe.device import pick_device
-    from isoprobe.embed import embed_splits
-    from isoprobe.io import atomic_dir, write_json
-    from isoprobe.models import load_encoder, resolve_model
-    from isoprobe.paths import embeddings_dir, prepared_dir
+    from isoprobe.embed.extract import embed_splits
 
     cfg = params.embed
     meta = load_meta(prepared_dir(args.task))

@@ -14,13 +14,13 @@ header; one warning on stderr, nothing logged to MLflow, exit code 0."""
 import sys
 from pathlib import Path
 
-from isoprobe.config import SPLITS, load_params
-from isoprobe.stage import check_instance, instance_arguments, offline_if_local, run_stage
+from isoprobe.core.config import SPLITS, load_params
+from isoprobe.core.stage import check_instance, instance_arguments, offline_if_local, run_stage
 
 
 def skip_reason(folder: Path) -> str | None:
     """Why the model in `folder` is not embedded (its status.json: fine-tuning did not finish)."""
-    from isoprobe.io import read_json
+    from isoprobe.core.io import read_json
 
     status = read_json(folder / "status.json") if (folder / "status.json").is_file() else {}
     if status.get("status", "ok") == "ok":
@@ -32,8 +32,8 @@ def skip_reason(folder: Path) -> str | None:
 
 def write_skipped(args, params, folder: Path, reason: str) -> None:
     """Every output of the stage, marked skipped (no embeddings, no isotropy)."""
-    from isoprobe.io import atomic_dir, atomic_file, write_json
-    from isoprobe.paths import (
+    from isoprobe.core.io import atomic_dir, atomic_file, write_json
+    from isoprobe.core.layout import (
         embeddings_dir,
         finetuned_encoder,
         isotropy_metrics_file,
@@ -62,10 +62,10 @@ def main() -> None:
     args = instance_arguments(__doc__)
     params = load_params(args.params)
     check_instance(args, params.finetune)
-    from isoprobe.tracking import check_store
+    from isoprobe.core.tracking import check_store
 
     check_store(params.tracking, f"isoprobe/{args.task}")  # fail fast, before writing outputs
-    from isoprobe.paths import model_dir
+    from isoprobe.core.layout import model_dir
 
     folder = model_dir(args.task, args.method, args.seed)
     if reason := skip_reason(folder):
@@ -76,15 +76,9 @@ def main() -> None:
     import numpy as np
     import torch
 
-    from isoprobe import isotropy_report as iso
-    from isoprobe.classifier import load_head
-    from isoprobe.data.prepare import load_meta, load_split
-    from isoprobe.device import pick_device
-    from isoprobe.embed import embed_splits, load_embeddings
-    from isoprobe.io import atomic_dir, read_json, write_json
-    from isoprobe.isotropy import Isotropy
-    from isoprobe.models import load_encoder, resolve_model
-    from isoprobe.paths import (
+    from isoprobe.core.device import pick_device
+    from isoprobe.core.io import atomic_dir, read_json, write_json
+    from isoprobe.core.layout import (
         embeddings_dir,
         finetune_metrics_file,
         finetuned_encoder,
@@ -92,7 +86,13 @@ def main() -> None:
         isotropy_plots_dir,
         prepared_dir,
     )
-    from isoprobe.tracking import tracked_run
+    from isoprobe.core.models import load_encoder, resolve_model
+    from isoprobe.core.tracking import tracked_run
+    from isoprobe.data.prepare import load_meta, load_split
+    from isoprobe.embed.extract import embed_splits, load_embeddings
+    from isoprobe.finetune.classifier import load_head
+    from isoprobe.isotropy import outputs as iso
+    from isoprobe.isotropy.metrics import Isotropy
 
     cfg = params.embed
     encoder_label = finetuned_encoder(args.method, args.seed)

@@ -15,15 +15,15 @@ with a warning, or with `finetune.fail_fast: true` fails (exit 2) so `dvc repro`
 import sys
 from contextlib import nullcontext
 
-from isoprobe.config import load_params
-from isoprobe.stage import check_instance, instance_arguments, offline_if_local, run_stage
+from isoprobe.core.config import load_params
+from isoprobe.core.stage import check_instance, instance_arguments, offline_if_local, run_stage
 
 
 def existing_run(tracking, task: str, run_id: str | None) -> str | None:
     """The checkpoint's MLflow run id if the store still holds that run, else None (a new run)."""
     if run_id is None:
         return None
-    from isoprobe.tracking import open_store
+    from isoprobe.core.tracking import open_store
 
     store = open_store(tracking, f"isoprobe/{task}")
     if store is None:
@@ -47,17 +47,22 @@ def main() -> None:
 
     import torch
 
-    from isoprobe.checkpoint import Checkpointer, checkpoint_dir
-    from isoprobe.classifier import EncoderClassifier, check_pooling, save_classifier
+    from isoprobe.core.errors import IsoprobeError
+    from isoprobe.core.io import atomic_dir, write_json
+    from isoprobe.core.layout import (
+        finetune_metrics_file,
+        finetune_plot_file,
+        model_dir,
+        prepared_dir,
+    )
+    from isoprobe.core.models import load_encoder, resolve_model
+    from isoprobe.core.tracking import Tracker, tracked_run
     from isoprobe.data.prepare import load_meta, load_split
-    from isoprobe.errors import IsoprobeError
-    from isoprobe.finetune import finetune, gradient_summary, make_accelerator, seed_everything
-    from isoprobe.finetune_outputs import finite_json, flat_params, write_steps_csv
-    from isoprobe.heads import ClassifierHead
-    from isoprobe.io import atomic_dir, write_json
-    from isoprobe.models import load_encoder, resolve_model
-    from isoprobe.paths import finetune_metrics_file, finetune_plot_file, model_dir, prepared_dir
-    from isoprobe.tracking import Tracker, tracked_run
+    from isoprobe.finetune.checkpoint import Checkpointer, checkpoint_dir
+    from isoprobe.finetune.classifier import EncoderClassifier, check_pooling, save_classifier
+    from isoprobe.finetune.heads import ClassifierHead
+    from isoprobe.finetune.loop import finetune, gradient_summary, make_accelerator, seed_everything
+    from isoprobe.finetune.outputs import finite_json, flat_params, write_steps_csv
 
     cfg = ft.train
     meta = load_meta(prepared_dir(args.task))

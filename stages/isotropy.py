@@ -4,8 +4,8 @@ Writes metrics/isotropy/<task>/pretrained.json (last layer at the top level, eve
 `layers`), data/isotropy/<task>/pretrained.safetensors (per-dimension mean, std and covariance
 eigenvalues per layer), plots under plots/isotropy/<task>/, and logs an MLflow run."""
 
-from isoprobe.config import load_params
-from isoprobe.stage import run_stage, task_arguments
+from isoprobe.core.config import load_params
+from isoprobe.core.stage import run_stage, task_arguments
 
 ENCODER = "pretrained"
 
@@ -16,16 +16,16 @@ def main() -> None:
     params.task(args.task)
     cfg = params.isotropy
 
-    from isoprobe import isotropy_report as iso
-    from isoprobe.embed import embedding_metadata, load_embeddings
-    from isoprobe.io import write_json
-    from isoprobe.paths import (
+    from isoprobe.core.io import write_json
+    from isoprobe.core.layout import (
         embeddings_dir,
         isotropy_arrays_file,
         isotropy_metrics_file,
         isotropy_plots_dir,
     )
-    from isoprobe.tracking import check_store, tracked_run
+    from isoprobe.core.tracking import check_store, tracked_run
+    from isoprobe.embed.extract import embedding_metadata, load_embeddings
+    from isoprobe.isotropy import outputs as iso
 
     check_store(params.tracking, f"isoprobe/{args.task}")  # before writing any output
     path = embeddings_dir(args.task, ENCODER) / f"{cfg.split}.safetensors"

@@ -1,12 +1,12 @@
 """Stage `prepare@<task>`: read the task's source, validate, split, subsample; write
 data/prepared/<task>/{train,dev,test}.jsonl and meta.json."""
 
-from isoprobe.config import load_params
+from isoprobe.core.config import load_params
+from isoprobe.core.io import atomic_dir
+from isoprobe.core.layout import prepared_dir
+from isoprobe.core.stage import offline_if_local, run_stage, task_arguments
 from isoprobe.data.prepare import prepare_task, write_prepared
 from isoprobe.data.sources import read_source
-from isoprobe.io import atomic_dir
-from isoprobe.paths import prepared_dir
-from isoprobe.stage import offline_if_local, run_stage, task_arguments
 
 
 def main() -> None:

@@ -5,8 +5,8 @@ Writes metrics/probe/<task>/pretrained.json, data/probe/<task>/pretrained.safete
 label-pair distances per layer, which the fine-tuned encoders are compared with),
 plots/probe/<task>/pretrained_by_layer.csv, and one MLflow run `probe-pretrained`."""
 
-from isoprobe.config import load_params
-from isoprobe.stage import run_stage, task_arguments
+from isoprobe.core.config import load_params
+from isoprobe.core.stage import run_stage, task_arguments
 
 
 def main() -> None:
@@ -14,10 +14,10 @@ def main() -> None:
     params = load_params(args.params)
     params.task(args.task)
 
-    from isoprobe.paths import embeddings_dir, probed_encoder
-    from isoprobe.probe_outputs import load_probe_data
-    from isoprobe.probe_run import check_probed_task, probe_and_write
-    from isoprobe.tracking import check_store
+    from isoprobe.core.layout import embeddings_dir, probed_encoder
+    from isoprobe.core.tracking import check_store
+    from isoprobe.probing.outputs import load_probe_data
+    from isoprobe.probing.run import check_probed_task, probe_and_write
 
     check_store(params.tracking, f"isoprobe/{args.task}")  # fail fast, before probing
     meta, splits = check_probed_task(params, args.task)

@@ -16,9 +16,9 @@ or the embed_post info.json say so) is not probed: the same files are written ma
 
 from types import SimpleNamespace
 
-from isoprobe.config import load_params
-from isoprobe.errors import IsoprobeError
-from isoprobe.stage import check_instance, instance_arguments, offline_if_local, run_stage
+from isoprobe.core.config import load_params
+from isoprobe.core.errors import IsoprobeError
+from isoprobe.core.stage import check_instance, instance_arguments, offline_if_local, run_stage
 
 
 def main() -> None:
@@ -37,13 +37,12 @@ def main() -> None:
     if not cross and args.task not in params.probe.tasks:
         raise IsoprobeError(f"'{args.task}' is not one of probe.tasks {params.probe.tasks}")
     offline_if_local("embedded:")  # fine-tuned models are local folders
-    from isoprobe.tracking import check_store
+    from isoprobe.core.tracking import check_store
 
     check_store(params.tracking, f"isoprobe/{args.task}")  # fail fast, before probing
 
-    from isoprobe.embed import load_embeddings
-    from isoprobe.io import read_json
-    from isoprobe.paths import (
+    from isoprobe.core.io import read_json
+    from isoprobe.core.layout import (
         embeddings_dir,
         finetune_metrics_file,
         finetuned_encoder,
@@ -51,8 +50,10 @@ def main() -> None:
         probe_arrays_file,
         probed_encoder,
     )
-    from isoprobe.probe_outputs import load_probe_data
-    from isoprobe.probe_run import (
+    from isoprobe.embed.extract import load_embeddings
+    from isoprobe.probing.layers import Reference
+    from isoprobe.probing.outputs import load_probe_data
+    from isoprobe.probing.run import (
         check_probed_task,
         embed_words,
         probe_and_write,
@@ -60,7 +61,6 @@ def main() -> None:
         warn_skipped,
         write_skipped,
     )
-    from isoprobe.probing import Reference
 
     encoder = probed_encoder(args.task, args.method, args.seed, ft_task)
     ft_file = finetune_metrics_file(ft_task, args.method, args.seed)

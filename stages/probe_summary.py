@@ -10,8 +10,8 @@ left out of the medians; they are counted here and listed by the report."""
 
 import argparse
 
-from isoprobe.config import load_params
-from isoprobe.stage import run_stage
+from isoprobe.core.config import load_params
+from isoprobe.core.stage import run_stage
 
 
 def main() -> None:
@@ -20,9 +20,9 @@ def main() -> None:
     args = p.parse_args()
     params = load_params(args.params)
 
-    from isoprobe.io import atomic_dir
-    from isoprobe.paths import probe_summary_dir
-    from isoprobe.probe_run import write_summary_plots
+    from isoprobe.core.io import atomic_dir
+    from isoprobe.core.layout import probe_summary_dir
+    from isoprobe.probing.run import write_summary_plots
 
     with atomic_dir(probe_summary_dir()) as tmp:
         for task in [*params.probe.tasks, *params.probe.token_tasks]:

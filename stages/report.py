@@ -8,8 +8,8 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from isoprobe.config import load_params
-from isoprobe.stage import run_stage
+from isoprobe.core.config import load_params
+from isoprobe.core.stage import run_stage
 
 
 def main() -> None:
@@ -18,10 +18,10 @@ def main() -> None:
     args = p.parse_args()
     params = load_params(args.params)
 
-    from isoprobe.io import atomic_dir
-    from isoprobe.paths import find_repo_root
-    from isoprobe.report import ReportInputs, build
-    from isoprobe.tracking import check_store, tracked_run
+    from isoprobe.core.io import atomic_dir
+    from isoprobe.core.repo import find_repo_root
+    from isoprobe.core.tracking import check_store, tracked_run
+    from isoprobe.reporting.report import ReportInputs, build
 
     check_store(params.tracking, "isoprobe/report", root=find_repo_root())  # fail fast
     ft = params.finetune

@@ -6,8 +6,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-from isoprobe.config import load_params
-from isoprobe.errors import IsoprobeError
+from isoprobe.core.config import load_params
+from isoprobe.core.errors import IsoprobeError
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -45,7 +45,7 @@ def main(argv: list[str] | None = None) -> int:
                 f"{args.params}: ok ({len(params.tasks)} tasks defined; pipeline runs {', '.join(params.pipeline.tasks)})"
             )
         elif args.command == "set-args":
-            from isoprobe.profiles import apply_overrides, load_profile, set_args, with_sets
+            from isoprobe.core.profiles import apply_overrides, load_profile, set_args, with_sets
 
             overrides = with_sets(load_profile(args.profile), args.set)
             load_params(args.params)  # the base must be valid too
@@ -54,13 +54,13 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "results":
             from pathlib import Path
 
-            from isoprobe.report import ReportInputs
-            from isoprobe.results import results_markdown
+            from isoprobe.reporting.report import ReportInputs
+            from isoprobe.reporting.results import results_markdown
 
             params = load_params(args.params)
             print(results_markdown(ReportInputs.from_params(params, Path(args.root))), end="")
         else:
-            from isoprobe.models import resolve_model
+            from isoprobe.core.models import resolve_model
 
             m = resolve_model(args.name)
             print(f"{m.name}: {m.kind} {m.location}")

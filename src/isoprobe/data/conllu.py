@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from isoprobe.config import TaskConfig
+from isoprobe.core.config import TaskConfig
+from isoprobe.core.errors import IsoprobeError
+from isoprobe.core.repo import data_path
 from isoprobe.data.raw import RawData, Tally, read_lines
-from isoprobe.errors import IsoprobeError
-from isoprobe.paths import data_path
 
 UPOS = (
     "ADJ",

@@ -10,11 +10,11 @@ import csv
 from dataclasses import dataclass
 from pathlib import Path
 
-from isoprobe.config import TaskConfig
+from isoprobe.core.config import TaskConfig
+from isoprobe.core.errors import IsoprobeError
+from isoprobe.core.repo import data_path
 from isoprobe.data.raw import RawData, Tally
 from isoprobe.data.table import read_table, table_rows
-from isoprobe.errors import IsoprobeError
-from isoprobe.paths import data_path
 
 
 @dataclass(frozen=True)

@@ -7,10 +7,10 @@ becomes the test split and dev is carved from train, as for GLUE TSVs.
 
 from __future__ import annotations
 
-from isoprobe.config import TaskConfig
+from isoprobe.core.config import TaskConfig
+from isoprobe.core.errors import IsoprobeError
+from isoprobe.core.repo import data_path
 from isoprobe.data.raw import RawData, Tally
-from isoprobe.errors import IsoprobeError
-from isoprobe.paths import data_path
 
 SPLIT_NAMES = {"train": ("train",), "dev": ("validation", "dev", "valid"), "test": ("test",)}
 # Text columns of well-known hub data sets when the task names none.

@@ -16,11 +16,11 @@ from pathlib import Path
 import numpy as np
 
 from isoprobe import __version__
-from isoprobe.config import ROW_REASONS, SPLITS, TaskConfig
+from isoprobe.core.config import ROW_REASONS, SPLITS, TaskConfig
+from isoprobe.core.errors import IsoprobeError
+from isoprobe.core.io import read_json, read_jsonl, write_json, write_jsonl
 from isoprobe.data.raw import RawData, Tally, sha256_file
 from isoprobe.data.split import carve, strata_of, stratified_sample
-from isoprobe.errors import IsoprobeError
-from isoprobe.io import read_json, read_jsonl, write_json, write_jsonl
 
 REASON_TEXT = {
     "bad_field_count": "a wrong field count",

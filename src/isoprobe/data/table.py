@@ -7,8 +7,8 @@ import io
 import math
 from pathlib import Path
 
+from isoprobe.core.errors import IsoprobeError
 from isoprobe.data.raw import Tally, read_lines
-from isoprobe.errors import IsoprobeError
 
 
 def read_table(

@@ -1,0 +1,323 @@
+"""DirectProbe and exact hull geometry on hand-made point sets with known answers."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from sklearn.svm import SVC
+
+from isoprobe.probing import directprobe, hulls
+from isoprobe.probing.directprobe import DirectProbe
+from isoprobe.probing.hulls import hull_distance, separate
+
+SQUARE = np.array([[0.0, 0.0], [1.0, 0.0], [0.0, 1.0], [1.0, 1.0]])
+
+
+def test_two_separable_blobs_give_two_clusters():
+    rng = np.random.default_rng(0)
+    X = np.vstack([rng.normal(size=(30, 5)), rng.normal(size=(30, 5)) + 6])
+    y = np.repeat(["neg", "pos"], 30)
+    probe = DirectProbe().fit(X, y)
+    assert probe.n_clusters_ == 2
+    assert sorted(len(c) for c in probe.clusters_) == [30, 30]
+    assert probe.score(X, y) == 1.0
+
+
+def test_xor_cannot_be_one_cluster_per_label():
+    """XOR: the closer same-label pair merges first (here 'a', ties go to label order); the other
+    label's pair would cross it and stays two clusters: 3 clusters for 2 labels."""
+    X = np.array([[0.0, 0.0], [1.0, 1.0], [0.0, 1.0], [1.0, 0.0]])
+    probe = DirectProbe().fit(X, np.array(["a", "a", "b", "b"]))
+    assert probe.n_clusters_ == 3
+    assert [c.tolist() for c in probe.clusters_] == [[0, 1], [2], [3]]
+    assert probe.stats_.refused >= 1
+    # stretched so that b's pair is the closer one: b merges, a is refused
+    X2 = X * np.array([1.0, 1.5])
+    X2[2:] = [[0.2, 1.0], [0.8, 0.5]]
+    probe = DirectProbe().fit(X2, np.array(["a", "a", "b", "b"]))
+    assert probe.n_clusters_ == 3 and [c.tolist() for c in probe.clusters_] == [[0], [1], [2, 3]]
+
+
+def test_squares_a_known_gap_apart():
+    X = np.vstack([SQUARE, SQUARE + [2.5, 0.0]])
+    y = np.repeat([0, 1], 4)
+    probe = DirectProbe().fit(X, y)
+    assert probe.n_clusters_ == 2
+    dist = probe.label_distances()
+    assert dist[0, 1] == pytest.approx(1.5, rel=1e-6) and dist[1, 0] == dist[0, 1]
+    assert np.isnan(dist[0, 0])
+    # point-to-hull distances and nearest-hull prediction
+    query = np.array([[0.5, 0.5], [1.2, 0.5], [5.0, 0.5], [1.0, 3.0]])
+    d = probe.transform(query)
+    expected = [[0.0, 2.0], [0.2, 1.3], [4.0, 1.5], [2.0, np.hypot(1.5, 2.0)]]
+    np.testing.assert_allclose(d, expected, rtol=1e-6, atol=1e-7)
+    assert probe.predict(query).tolist() == [0, 0, 1, 0]
+
+
+def test_nested_labels_force_extra_clusters():
+    """a | b | a along a line, b also above: a's two groups cannot merge across b."""
+    a_left = np.array([[0.0, 0.0], [0.5, 0.2], [0.2, 0.6]])
+    b_mid = np.array([[3.0, 0.0], [3.5, 0.3], [3.2, 0.5]])
+    a_right = a_left + [6.0, 0.0]
+    X = np.vstack([a_left, b_mid, a_right])
+    y = np.array(["a"] * 3 + ["b"] * 3 + ["a"] * 3)
+    probe = DirectProbe().fit(X, y)
+    assert probe.n_clusters_ == 3
+    assert sorted(c.tolist() for c in probe.clusters_) == [[0, 1, 2], [3, 4, 5], [6, 7, 8]]
+    assert sorted(probe.cluster_labels_.tolist()) == [0, 0, 1]
+    # a ring of one label around another: the outer label needs several clusters
+    angles = np.linspace(0, 2 * np.pi, 8, endpoint=False)
+    ring = np.c_[np.cos(angles), np.sin(angles)] * 3
+    inner = np.array([[0.0, 0.0], [0.3, 0.1], [-0.2, 0.2]])
+    probe = DirectProbe().fit(np.vstack([ring, inner]), np.r_[np.zeros(8), np.ones(3)])
+    assert probe.n_clusters_ > 2
+    assert (probe.cluster_labels_ == 1).sum() == 1  # the inner label stays one cluster
+
+
+def test_identical_points_with_different_labels_are_reported_and_left_out():
+    X = np.array([[0.0, 0.0], [0.0, 0.0], [1.0, 1.0], [2.0, 2.0], [0.0, 0.0]])
+    y = np.array([0, 1, 0, 1, 0])
+    probe = DirectProbe().fit(X, y)
+    assert probe.conflicts_ == {"rows": 3, "groups": 1, "indices": [0, 1, 4]}
+    assert sorted(np.concatenate(probe.clusters_).tolist()) == [2, 3]
+    with pytest.raises(ValueError, match="identical vectors carry different labels"):
+        DirectProbe(conflicts="fail").fit(X, y)
+
+
+def test_deterministic():
+    rng = np.random.default_rng(3)
+    X = rng.normal(size=(80, 6))
+    y = (X[:, 0] * X[:, 1] > 0).astype(int)  # not linearly separable
+    a, b = DirectProbe().fit(X, y), DirectProbe().fit(X, y)
+    assert a.n_clusters_ == b.n_clusters_ > 2
+    assert all(np.array_equal(p, q) for p, q in zip(a.clusters_, b.clusters_, strict=True))
+    # every pair of final clusters of different labels is separable (exact check)
+    for i, ci in enumerate(a.clusters_):
+        for j, cj in enumerate(a.clusters_):
+            if a.cluster_labels_[i] < a.cluster_labels_[j]:
+                assert separate(X[ci], X[cj]).separable
+
+
+@pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")
+@pytest.mark.parametrize("seed", range(6))
+def test_lp_separability_agrees_with_hard_margin_svm(seed):
+    rng = np.random.default_rng(seed)
+    d = int(rng.integers(2, 8))
+    n = int(rng.integers(5, 25))
+    P = rng.normal(size=(n, d))
+    Q = rng.normal(size=(n, d)) + rng.uniform(0, 3) * rng.normal(size=d)
+    X, y = np.vstack([P, Q]), np.r_[np.ones(n), -np.ones(n)]
+    svm = SVC(kernel="linear", C=1e7, tol=1e-8, max_iter=1_000_000).fit(X, y)
+    svm_separates = svm.score(X, y) == 1.0
+    result = separate(P, Q)
+    assert result.separable == svm_separates
+    if result.separable:
+        assert (P @ result.w - result.t).min() > 0 > (Q @ result.w - result.t).max()
+        margin = 2 / np.linalg.norm(svm.coef_)
+        assert hull_distance(P, Q) == pytest.approx(margin, rel=1e-4)
+    else:
+        ip, iq = result.witness
+        assert not separate(P[ip], Q[iq]).separable
+        assert hull_distance(P, Q) == 0.0
+
+
+# ---------------------------------------------------------------- against plain references
+
+
+def reference_directprobe(X: np.ndarray, y: np.ndarray) -> list[np.ndarray]:
+    """DirectProbe straight from its definition (slow): the closest pair of same-label clusters
+    (squared centroid distance; ties: label order, then the clusters' first members) merges unless
+    the merged hull meets the hull of a cluster of another label (an LP against every one of
+    them); a refused pair is not taken again while both clusters stay as they are."""
+    _, codes = np.unique(y, return_inverse=True)
+    clusters = {i: [i] for i in range(len(X))}  # keyed by first member
+    refused = set()
+    while True:
+        keys = sorted(clusters)
+        centroids = np.array([X[clusters[k]].mean(0) for k in keys])
+        dist = ((centroids[:, None] - centroids[None]) ** 2).sum(-1)
+        best = None
+        for a in range(len(keys)):
+            for b in range(a + 1, len(keys)):
+                ka, kb = keys[a], keys[b]
+                if codes[ka] != codes[kb] or (tuple(clusters[ka]), tuple(clusters[kb])) in refused:
+                    continue
+                key = (dist[a, b], codes[ka], ka, kb)
+                if best is None or key < best:
+                    best = key
+        if best is None:
+            return [np.array(clusters[k]) for k in sorted(clusters)]
+        _, code, ka, kb = best
+        merged = sorted(clusters[ka] + clusters[kb])
+        others = [k for k in clusters if codes[k] != code]
+        if all(separate(X[merged], X[clusters[k]]).separable for k in others):
+            clusters[ka] = merged
+            del clusters[kb]
+        else:
+            refused.add((tuple(clusters[ka]), tuple(clusters[kb])))
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_fit_equals_the_plain_definition_on_random_non_separable_sets(seed):
+    rng = np.random.default_rng(seed)
+    n, d, n_labels = int(rng.integers(20, 60)), int(rng.integers(2, 5)), int(rng.integers(2, 4))
+    X = rng.normal(size=(n, d))
+    y = rng.integers(0, n_labels, n)
+    probe = DirectProbe().fit(X, y)
+    expected = reference_directprobe(X, y)
+    assert probe.stats_.refused > 0  # not linearly separable
+    assert [c.tolist() for c in probe.clusters_] == [c.tolist() for c in expected]
+
+
+def test_fit_equals_the_plain_definition_with_a_large_label():
+    """More than 64 clusters of one label: the merge order compacts its tables on the way."""
+    rng = np.random.default_rng(11)
+    X = rng.normal(size=(90, 2))
+    y = (X[:, 0] * X[:, 1] > 0.3).astype(int)  # label 0 has about 70 points
+    assert (y == 0).sum() > 64
+    probe = DirectProbe().fit(X, y)
+    expected = reference_directprobe(X, y)
+    assert [c.tolist() for c in probe.clusters_] == [c.tolist() for c in expected]
+
+
+def test_fit_is_exact_on_a_larger_random_set():
+    """Every final pair of clusters of different labels is separable (checked by the LP alone)."""
+    rng = np.random.default_rng(5)
+    X = rng.normal(size=(300, 5))
+    y = (np.sin(2 * X[:, 0]) + X[:, 1] * X[:, 2] > 0).astype(int) + (X[:, 3] > 1)
+    probe = DirectProbe().fit(X, y)
+    assert probe.stats_.refused > 0 and probe.n_clusters_ > 3
+    for i, ci in enumerate(probe.clusters_):
+        for j, cj in enumerate(probe.clusters_):
+            if probe.cluster_labels_[i] < probe.cluster_labels_[j]:
+                assert _lp_separable(X[ci], X[cj])
+
+
+def _lp_separable(P: np.ndarray, Q: np.ndarray) -> bool:
+    """The HiGHS LP decision alone (no active-set method)."""
+    c, s = hulls._frame(P, Q)
+    return hulls._separate_lp((P - c) / s, (Q - c) / s, c, s, None).separable
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_separate_agrees_with_the_lp_and_its_witness_is_small_and_overlapping(seed):
+    rng = np.random.default_rng(100 + seed)
+    d, n, m = int(rng.integers(1, 9)), int(rng.integers(1, 30)), int(rng.integers(1, 30))
+    P = rng.normal(size=(n, d))
+    Q = rng.normal(size=(m, d)) + rng.uniform(0, 3) * rng.normal(size=d)
+    if seed % 4 == 1:  # duplicates and ties
+        P, Q = np.round(P), np.round(Q)
+    if seed % 4 == 2 and d > 2:  # both sets in one plane
+        B = rng.normal(size=(2, d))
+        P, Q = rng.normal(size=(n, 2)) @ B, (rng.normal(size=(m, 2)) + 1) @ B
+    result = separate(P, Q, margin=[0.0, 0.5, 1.0][seed % 3])
+    assert result.separable == _lp_separable(P, Q)
+    if result.separable:
+        assert (P @ result.w - result.t).min() > 0 > (Q @ result.w - result.t).max()
+    else:
+        ip, iq = result.witness
+        assert len(ip) + len(iq) <= d + 2
+        assert not _lp_separable(P[ip], Q[iq])
+
+
+def test_separate_restarts_from_a_basis_to_the_same_decision():
+    """A basis from one search (same frame) restarts another on grown or shrunk sets."""
+    rng = np.random.default_rng(7)
+    frame = (np.zeros(6), 1.0)
+    for _ in range(20):
+        P, Q = rng.normal(size=(40, 6)), rng.normal(size=(40, 6)) + rng.uniform(0, 4)
+        first = separate(P[:30], Q[:30], frame=frame)
+        basis = first.basis
+        keep = rng.random(len(basis.rows)) < 0.8  # some rows gone
+        rows = np.where(keep, basis.rows, -1)
+        again = separate(
+            P, Q, frame=frame, basis=hulls.Basis(basis.side, rows, basis.Q, basis.R, basis.beta)
+        )
+        assert again.separable == _lp_separable(P, Q)
+        if again.separable:
+            assert (P @ again.w - again.t).min() > 0 > (Q @ again.w - again.t).max()
+
+
+def test_point_hull_distances_match_the_qp():
+    rng = np.random.default_rng(3)
+    for d in (2, 5, 12):
+        P = rng.normal(size=(30, d))
+        X = np.vstack([rng.normal(size=(8, d)) * 3, P[:3].mean(0, keepdims=True)])  # one inside
+        got = hulls.point_hull_distances(X, P)
+        c, s = hulls._frame(P, P)
+        want = [s * hulls._hull_distance_qp((P - c) / s, ((x - c) / s)[None], 1e-10) for x in X]
+        np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-9)
+        assert got[-1] == 0.0
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_pruned_prediction_equals_brute_force(seed):
+    rng = np.random.default_rng(seed)
+    d = 3 + seed
+    sets = [rng.normal(size=(int(rng.integers(3, 40)), d)) + rng.normal(size=d) for _ in range(6)]
+    X = rng.normal(size=(60, d)) * 1.5
+    brute = np.stack([hulls.point_hull_distances(X, P) for P in sets], 1).argmin(1)
+    assert (hulls.nearest_hulls(X, sets) == brute).all()
+    # ties go to the lowest index, as argmin does
+    assert (hulls.nearest_hulls(X, [sets[0], sets[0].copy()]) == 0).all()
+
+
+def test_predict_is_the_argmin_of_transform():
+    rng = np.random.default_rng(4)
+    X = rng.normal(size=(120, 4))
+    y = (X[:, 0] * X[:, 1] > 0).astype(int)
+    probe = DirectProbe().fit(X, y)
+    query = rng.normal(size=(40, 4)) * 1.5
+    D = probe.transform(query)
+    assert D.shape == (40, probe.n_clusters_)
+    assert (probe.predict(query) == probe.labels_[probe.cluster_labels_[D.argmin(1)]]).all()
+
+
+def test_plan_witness_activation():
+    """A witness applies from the first state in which each of its sides lies in one cluster."""
+    plan = directprobe._Plan([(0, 1, 2), (1, 4, 5), (0, 1, 3), (1, 4, 6)])
+    assert plan.joined(np.array([1])) == 0
+    assert plan.joined(np.array([1, 2])) == 1
+    assert plan.joined(np.array([2, 3])) == 3
+    assert plan.joined(np.array([5, 6])) == 4
+    assert plan.joined(np.array([1, 7])) == np.inf
+    assert plan.rep(8, 3).tolist() == [0, 1, 1, 1, 4, 4, 6, 7]
+
+
+def _lp(P: np.ndarray, Q: np.ndarray) -> hulls.Separation:
+    c, s = hulls._frame(P, Q)
+    return hulls._separate_lp((P - c) / s, (Q - c) / s, c, s, None)
+
+
+def test_lp_calls_hulls_within_solver_tolerance_touching():
+    """Two segments a gap g apart: the LP proves a clear gap, and calls a gap below HiGHS's
+    tolerance touching (not separable, flagged), like an exact contact."""
+    P = np.array([[0.0, 0.0], [0.0, 1.0]])
+    for gap, separable, touching in ((1e-2, True, False), (1e-7, False, True), (0.0, False, False)):
+        out = _lp(P, P + [gap, 0.0])
+        assert (out.separable, out.touching, out.undecided) == (separable, touching, False), gap
+    assert not _lp(P, np.array([[-0.5, 0.5], [0.5, 0.5]])).separable  # crossing
+
+
+def test_time_limit_makes_a_pair_undecided_and_directprobe_counts_it(monkeypatch):
+    """A HiGHS time limit never hangs the fit and never passes silently: separate() says
+    undecided (treated as meeting), and DirectProbe refuses those merges and counts them."""
+    rng = np.random.default_rng(3)
+    P, Q = rng.normal(size=(40, 6)), rng.normal(size=(40, 6)) + 0.5
+
+    def stall(*args, **kwargs):
+        raise hulls._Stall()
+
+    monkeypatch.setattr(hulls, "_nearest", stall)  # force the LP path
+    assert separate(P, Q).separable == _lp(P, Q).separable  # the LP path alone decides exactly
+    monkeypatch.setattr(hulls, "_TIME_LIMIT", 1e-9)
+    out = separate(P, Q)
+    assert out.undecided and not out.separable and len(out.witness[0]) and len(out.witness[1])
+
+    X = np.array([[0.0, 0.0], [1.0, 1.0], [0.0, 1.0], [1.0, 0.0], [0.5, 0.4]])
+    y = np.array(["a", "a", "b", "b", "b"])
+    undecided = hulls.Separation(False, witness=(np.arange(1), np.arange(1)), undecided=True)
+    monkeypatch.setattr(directprobe, "separate", lambda P, Q, *a, **k: undecided)
+    probe = DirectProbe().fit(X, y)
+    assert probe.stats_.undecided >= 1 and probe.stats_.undecided == probe.stats_.lp_calls
+    assert probe.n_clusters_ > 2
