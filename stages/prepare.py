@@ -5,6 +5,7 @@ from isoprobe.core.config import load_params
 from isoprobe.core.io import atomic_dir
 from isoprobe.core.layout import prepared_dir
 from isoprobe.core.stage import offline_if_local, run_stage, task_arguments
+from isoprobe.data.link import check_link
 from isoprobe.data.prepare import prepare_task, write_prepared
 from isoprobe.data.sources import read_source
 
@@ -13,6 +14,7 @@ def main() -> None:
     args = task_arguments(__doc__)
     params = load_params(args.params)
     task = params.task(args.task)
+    check_link(args.task, task)  # what DVC hashed is what is read
     if task.scheme == "hf":
         offline_if_local(task.argument.partition(":")[0])  # a local folder needs no hub
     prepared = prepare_task(read_source(task, f"tasks.{args.task}"), task, args.task)

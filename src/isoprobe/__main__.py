@@ -54,7 +54,7 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "results":
             from pathlib import Path
 
-            from isoprobe.reporting.report import ReportInputs
+            from isoprobe.reporting.reading import ReportInputs
             from isoprobe.reporting.results import results_markdown
 
             params = load_params(args.params)

@@ -29,6 +29,7 @@ def declared(stage: str) -> set[str]:
 
 
 def test_pretrained_stages():
+    assert str(layout.source_link("T")) in declared("link")
     assert str(layout.prepared_dir("T")) in declared("prepare")
     assert str(layout.embeddings_dir("T")) in declared("embed")
     iso = declared("isotropy")

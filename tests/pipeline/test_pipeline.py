@@ -383,6 +383,31 @@ def test_probe_is_deterministic(repo, tmp_path):
     )
 
 
+def test_editing_source_data_in_place_makes_prepare_stale(repo):
+    rows = "".join(f"sentence number {i},{('neg', 'pos', 'mid')[i % 3]}\n" for i in range(60))
+    data = repo / "mine.csv"
+    data.write_text("text,label\n" + rows)
+    params = small_params()
+    params["pipeline"]["tasks"] = ["tweets", "mine"]
+    params["finetune"]["tasks"] = ["tweets"]
+    params["tasks"]["mine"] = {"source": "csv:mine.csv", "seed": 0}
+    write_params(repo, params)
+    try:
+        sh(repo, DVC, "repro", "prepare@mine")
+        assert "up to date" in sh(repo, DVC, "status", "prepare@mine").stdout
+        with data.open("a") as f:
+            f.write("one more sentence,pos\n")
+        status = sh(repo, DVC, "status", "prepare@mine").stdout
+        assert "prepare@mine" in status and "modified:           data/sources/mine" in status
+        assert "tweets" not in status
+        # the embedded corpus is hashed by content: no install path in dvc.lock
+        lock = (repo / "dvc.lock").read_text()
+        assert "data/sources/tweets" in lock and "site-packages" not in lock
+    finally:
+        write_params(repo, small_params())
+        data.unlink()
+
+
 def test_only_affected_stages_rerun(repo):
     params = small_params()
     params["finetune"]["seeds"] = [0, 1]

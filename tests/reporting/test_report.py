@@ -13,7 +13,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from isoprobe.reporting.report import ReportInputs, build
+from isoprobe.reporting.reading import ReportInputs
+from isoprobe.reporting.report import build
 
 TASKS = ["alpha", "beta"]
 METHODS = ["baseline", "isobn", "whiten"]
@@ -78,9 +79,9 @@ def probe_layers(shift: float, post: bool) -> list[dict]:
     return out
 
 
-@pytest.fixture(scope="module")
-def tree(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("report")
+def make_tree(root: Path) -> Path:
+    """The metrics and plot files of a run under `root`: TASKS x METHODS x SEEDS, beta/whiten/5
+    diverged, alpha probed."""
     for task in TASKS:
         write(root / f"data/prepared/{task}/meta.json", {
             "task": task, "source": f"glue_tsv:{task}", "kind": "sentence", "metric": "accuracy",
@@ -128,6 +129,11 @@ def tree(tmp_path_factory) -> Path:
     for name in ("accuracy", "clusters", "distance", "similarity", "centroids_pca"):
         png(root / f"plots/probe_summary/alpha/{name}.png")
     return root
+
+
+@pytest.fixture(scope="module")
+def tree(tmp_path_factory) -> Path:
+    return make_tree(tmp_path_factory.mktemp("report"))
 
 
 @pytest.fixture(scope="module")

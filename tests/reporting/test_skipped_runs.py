@@ -194,7 +194,8 @@ def report(tmp_path_factory):
     """One task, baseline and isobn over six seeds, isobn seed 2 diverged: its fine-tuning metrics,
     a step trace with a huge gradient, and the skipped outputs of embed_post, probe_post and
     probe_cross."""
-    from isoprobe.reporting.report import ReportInputs, build
+    from isoprobe.reporting.reading import ReportInputs
+    from isoprobe.reporting.report import build
 
     root = tmp_path_factory.mktemp("tree")
     write(root / "data/prepared/alpha/meta.json", {"task": "alpha", "kind": "sentence", "metric": "accuracy",

@@ -15,6 +15,11 @@ def experiment_name(task: str) -> str:
     return f"isoprobe/{task}"
 
 
+def source_link(task: str) -> Path:
+    """The task's source data as DVC sees it (a symlink; see isoprobe.data.link)."""
+    return Path("data/sources") / task
+
+
 def prepared_dir(task: str) -> Path:
     return Path("data/prepared") / task
 
@@ -80,3 +85,19 @@ def probe_plot_file(task: str, encoder: str = "pretrained") -> Path:
 
 def probe_summary_dir() -> Path:
     return Path("plots/probe_summary")
+
+
+def report_dir() -> Path:
+    """report/: index.html, summary.md and plots/ (the report stage's outputs)."""
+    return Path("report")
+
+
+def report_plots_dir(report: Path | None = None) -> Path:
+    """<report>/plots/ (DVC plots); `report` is report_dir() unless the report is built elsewhere
+    first."""
+    return (report_dir() if report is None else report) / "plots"
+
+
+def report_plot_file(kind: str, task: str, report: Path | None = None) -> Path:
+    """<report>/plots/<kind>_<task>.png (kind: scores, grad_cls, isoscore)."""
+    return report_plots_dir(report) / f"{kind}_{task}.png"

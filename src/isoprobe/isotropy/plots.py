@@ -1,28 +1,14 @@
-"""IsoBN-style figures of a [CLS] cloud: PNG files, readable in grey-scale, with labelled axes."""
+"""IsoBN-style figures of a [CLS] cloud: PNG files, readable in grey-scale, with labelled axes (the
+shared style of `isoprobe.core.figures`)."""
 
 from __future__ import annotations
 
-import textwrap
 from pathlib import Path
 
-import matplotlib
+import numpy as np
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-
-from isoprobe.core.io import atomic_file  # noqa: E402
-
-
-def _title(ax, text: str, width: int = 60) -> None:
-    ax.set_title(textwrap.fill(text, width), fontsize=8)
-
-
-def _save(fig, path: Path) -> None:
-    fig.tight_layout()
-    with atomic_file(path, "wb") as f:
-        fig.savefig(f, format="png", dpi=110)
-    plt.close(fig)
+from isoprobe.core import figures
+from isoprobe.core.figures import plt
 
 
 def std_histogram(std: np.ndarray, path: Path, title: str) -> None:
@@ -31,9 +17,9 @@ def std_histogram(std: np.ndarray, path: Path, title: str) -> None:
     ax.axvline(np.median(std), color="black", linestyle="--", label=f"median {np.median(std):.3g}")
     ax.set_xlabel("standard deviation of a dimension (embedding units)")
     ax.set_ylabel("number of dimensions")
-    _title(ax, title)
+    figures.title(ax, title)
     ax.legend(fontsize=8)
-    _save(fig, path)
+    figures.save(fig, path)
 
 
 def std_sorted(std: np.ndarray, path: Path, title: str) -> None:
@@ -43,9 +29,9 @@ def std_sorted(std: np.ndarray, path: Path, title: str) -> None:
     ax.set_yscale("log")
     ax.set_xlabel("dimension rank (by standard deviation)")
     ax.set_ylabel("standard deviation (log scale)")
-    _title(ax, title)
+    figures.title(ax, title)
     ax.grid(True, which="both", color="0.85", linewidth=0.5)
-    _save(fig, path)
+    figures.save(fig, path)
 
 
 def correlation_heatmap(corr: np.ndarray, std: np.ndarray, k: int, path: Path, title: str) -> None:
@@ -55,9 +41,9 @@ def correlation_heatmap(corr: np.ndarray, std: np.ndarray, k: int, path: Path, t
     im = ax.imshow(np.abs(c), cmap="Greys", vmin=0, vmax=1, interpolation="nearest")
     ax.set_xlabel(f"dimension (top {k} by std, descending)")
     ax.set_ylabel(f"dimension (top {k} by std, descending)")
-    _title(ax, title)
+    figures.title(ax, title)
     fig.colorbar(im, ax=ax, label="|Pearson correlation|")
-    _save(fig, path)
+    figures.save(fig, path)
 
 
 def abs_mean(mean: np.ndarray, std: np.ndarray, path: Path, title: str) -> None:
@@ -66,9 +52,9 @@ def abs_mean(mean: np.ndarray, std: np.ndarray, path: Path, title: str) -> None:
     ax.plot(np.arange(len(std)), std, color="0.6", linewidth=0.8, linestyle="-", label="std")
     ax.set_xlabel("dimension index")
     ax.set_ylabel("embedding units")
-    _title(ax, title)
+    figures.title(ax, title)
     ax.legend(fontsize=8)
-    _save(fig, path)
+    figures.save(fig, path)
 
 
 BY_LAYER_PANELS = (
@@ -92,4 +78,4 @@ def metrics_by_layer(layers: list[dict], path: Path, title: str) -> None:
     for ax in axes[1]:
         ax.set_xlabel("layer (0 = embeddings)")
     fig.suptitle(title, fontsize=10)
-    _save(fig, path)
+    figures.save(fig, path)

@@ -1,7 +1,8 @@
 """Figures of probing results, pre-trained against fine-tuned, by layer (PNG, grey-scale readable).
 
 Each series is one encoder group: `pretrained`, or a method (token tasks: `<finetune task>/<method>`)
-whose value per layer is the median over its seeds, with the min-max range over seeds shaded.
+whose value per layer is the median over its seeds, with the min-max range over seeds shaded; the
+shared style of `isoprobe.core.figures`.
 """
 
 from __future__ import annotations
@@ -11,22 +12,8 @@ from pathlib import Path
 
 import numpy as np
 
-from isoprobe.isotropy.plots import _save, _title, plt
-
-STYLES = [
-    ("-", "o"),
-    ("--", "s"),
-    ("-.", "^"),
-    (":", "D"),
-    ((0, (5, 1)), "v"),
-    ((0, (3, 1, 1, 1)), "P"),
-]
-GREYS = ["0.0", "0.25", "0.4", "0.55", "0.7"]
-
-
-def _style(i: int) -> dict:
-    ls, marker = STYLES[i % len(STYLES)]
-    return {"linestyle": ls, "marker": marker, "color": GREYS[i % len(GREYS)], "markersize": 4}
+from isoprobe.core import figures
+from isoprobe.core.figures import plt
 
 
 def series(reports: list[dict], key) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
@@ -61,9 +48,11 @@ def by_layer(
             x, med, lo, hi = series(reports, key)
             if np.isnan(med).all():
                 continue
-            ax.plot(x, med, label=f"{name} (n={len(reports)})", linewidth=1.2, **_style(i))
+            ax.plot(
+                x, med, label=f"{name} (n={len(reports)})", linewidth=1.2, **figures.line_style(i)
+            )
             if len(reports) > 1:
-                ax.fill_between(x, lo, hi, color=GREYS[i % len(GREYS)], alpha=0.15, linewidth=0)
+                ax.fill_between(x, lo, hi, color=figures.grey(i), alpha=0.15, linewidth=0)
         if hline is not None:
             ax.axhline(hline, color="0.5", linewidth=0.8, linestyle=":", label=hline_label)
         ax.set_xlabel("layer (0 = embeddings)")
@@ -71,7 +60,7 @@ def by_layer(
         ax.grid(True, color="0.88", linewidth=0.5)
     axes[0][-1].legend(fontsize=7, loc="best")
     fig.suptitle(title, fontsize=9)
-    _save(fig, path)
+    figures.save(fig, path)
 
 
 def centroid_pca(
@@ -100,8 +89,8 @@ def centroid_pca(
             ax.annotate(str(lab), pa[j], fontsize=6, xytext=(2, 2), textcoords="offset points")
         ax.set_xlabel(f"PC 1 ({ratio[0]:.0%} of variance)")
         ax.set_ylabel(f"PC 2 ({ratio[1]:.0%} of variance)")
-        _title(ax, f"{name}, layer {layer}", 40)
+        figures.title(ax, f"{name}, layer {layer}", 40)
         ax.grid(True, color="0.88", linewidth=0.5)
     axes[0][0].legend(fontsize=7)
     fig.suptitle(title, fontsize=9)
-    _save(fig, path)
+    figures.save(fig, path)

@@ -1,5 +1,6 @@
 """Report figures (PNG, labelled axes with units, readable in grey-scale): test score per method
-over seeds, the per-step [CLS] gradient norm per method, IsoScore by layer before and after."""
+over seeds, the per-step [CLS] gradient norm per method, IsoScore by layer before and after; the
+shared style of `isoprobe.core.figures`."""
 
 from __future__ import annotations
 
@@ -7,10 +8,8 @@ from pathlib import Path
 
 import numpy as np
 
-from isoprobe.isotropy.plots import _save, _title, plt
-from isoprobe.probing.plots import _style
-
-HATCHES = ["", "//", "..", "xx", "\\\\", "++", "oo"]
+from isoprobe.core import figures
+from isoprobe.core.figures import plt
 
 
 def scores(task: str, metric: str, by_method: dict[str, list[float]], path: Path) -> None:
@@ -20,15 +19,15 @@ def scores(task: str, metric: str, by_method: dict[str, list[float]], path: Path
     for i, m in enumerate(methods):
         v = np.asarray(by_method[m], dtype=float)
         if v.size:
-            ax.bar(i, np.median(v), color="0.85", edgecolor="0.2", hatch=HATCHES[i % 7])
+            ax.bar(i, np.median(v), color="0.85", edgecolor="0.2", hatch=figures.hatch(i))
             ax.plot(np.full(v.size, i), v, "o", color="0.1", markersize=4)
     ax.set_xticks(range(len(methods)), methods, rotation=20)
     ax.set_ylabel(f"test {metric}")
     ax.set_xlabel("[CLS] treatment (bar: median over seeds, dots: seeds)")
     lo = min((min(v) for v in by_method.values() if v), default=0.0)
     ax.set_ylim(max(0.0, lo - 0.1), None)
-    _title(ax, f"{task}: test {metric} per method")
-    _save(fig, path)
+    figures.title(ax, f"{task}: test {metric} per method")
+    figures.save(fig, path)
 
 
 def gradients(task: str, by_method: dict[str, np.ndarray], path: Path) -> None:
@@ -40,7 +39,7 @@ def gradients(task: str, by_method: dict[str, np.ndarray], path: Path) -> None:
             [by_method[m] for m in methods], patch_artist=True, showfliers=True, widths=0.6
         )
         for i, patch in enumerate(box["boxes"]):
-            patch.set(facecolor="0.9", edgecolor="0.1", hatch=HATCHES[i % 7])
+            patch.set(facecolor="0.9", edgecolor="0.1", hatch=figures.hatch(i))
         for part in ("medians", "whiskers", "caps"):
             for line in box[part]:
                 line.set_color("0.1")
@@ -48,8 +47,8 @@ def gradients(task: str, by_method: dict[str, np.ndarray], path: Path) -> None:
         ax.set_yscale("log")
     ax.set_ylabel("||d loss / d [CLS]|| (L2, per step)")
     ax.set_xlabel("[CLS] treatment (all steps of all seeds)")
-    _title(ax, f"{task}: gradient norm at [CLS] during fine-tuning")
-    _save(fig, path)
+    figures.title(ax, f"{task}: gradient norm at [CLS] during fine-tuning")
+    figures.save(fig, path)
 
 
 def isoscore_by_layer(
@@ -60,11 +59,11 @@ def isoscore_by_layer(
     x = np.arange(len(pretrained))
     ax.plot(x, pretrained, color="0.0", linewidth=2.5, marker="o", label="pre-trained")
     for i, (m, v) in enumerate(by_method.items()):
-        ax.plot(x[: len(v)], v, label=m, **_style(i + 1))
+        ax.plot(x[: len(v)], v, label=m, **figures.line_style(i + 1))
     ax.set_xlabel("layer (0 = embeddings)")
     ax.set_ylabel("IsoScore (1 = isotropic)")
     ax.legend(fontsize=7, ncol=2)
-    _title(
+    figures.title(
         ax, f"{task}: IsoScore of [CLS] by layer, before and after fine-tuning (median over seeds)"
     )
-    _save(fig, path)
+    figures.save(fig, path)

@@ -8,6 +8,7 @@ interval of the mean diff. All scores are plain floats in whatever unit the call
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Sequence
 
 import numpy as np
@@ -27,6 +28,17 @@ def _as_1d(values: Sequence[float] | np.ndarray, name: str) -> np.ndarray:
         idx = np.flatnonzero(bad).tolist()
         raise ValueError(f"{name} has non-finite values at positions {idx}: {x[bad].tolist()}")
     return x
+
+
+def finite(x: object) -> bool:
+    """A real number that is not NaN or infinite (None, NaN, text, bool: False)."""
+    return isinstance(x, numbers.Real) and not isinstance(x, bool) and bool(np.isfinite(x))
+
+
+def finite_median(values: Sequence[object]) -> float | None:
+    """Median of the finite numbers among `values` (the others are left out); None when none is."""
+    v = [x for x in values if finite(x)]
+    return float(np.median(v)) if v else None
 
 
 def describe(values: Sequence[float] | np.ndarray) -> dict:
@@ -117,17 +129,6 @@ def paired_comparison(
     conclusive = min_p <= alpha
     significant = conclusive and p <= alpha
     delta_mean = float(d.mean())
-    if not conclusive:
-        seeds = "1 seed" if n == 1 else f"{n} seeds"
-        note = (
-            f"{seeds}: the exact sign-flip test cannot go below p = {min_p:.3g}, "
-            f"too few seeds for a claim at alpha = {alpha:g}"
-        )
-    elif significant:
-        kind = "improvement" if delta_mean > 0 else "decline"
-        note = f"{kind} significant at alpha = {alpha:g} (p = {p:.3g})"
-    else:
-        note = f"no significant difference (p = {p:.3g})"
     return {
         "n": n,
         "delta_mean": delta_mean,
@@ -138,5 +139,21 @@ def paired_comparison(
         "min_p": min_p,
         "conclusive": conclusive,
         "significant": significant,
-        "note": note,
+        "note": _note(n, delta_mean, p, alpha),
     }
+
+
+def _note(n: int, delta_mean: float, p: float, alpha: float) -> str:
+    """One line on a comparison of `n` pairs: too few seeds for a claim at `alpha`, or whether
+    the mean difference is significant."""
+    min_p = min_attainable_p(n)
+    if min_p > alpha:
+        seeds = "1 seed" if n == 1 else f"{n} seeds"
+        return (
+            f"{seeds}: the exact sign-flip test cannot go below p = {min_p:.3g}, "
+            f"too few seeds for a claim at alpha = {alpha:g}"
+        )
+    if p <= alpha:
+        kind = "improvement" if delta_mean > 0 else "decline"
+        return f"{kind} significant at alpha = {alpha:g} (p = {p:.3g})"
+    return f"no significant difference (p = {p:.3g})"
