@@ -12,28 +12,9 @@ from isoprobe.core.stage import run_stage, task_arguments
 def main() -> None:
     args = task_arguments(__doc__)
     params = load_params(args.params)
-    params.task(args.task)
+    from isoprobe.probing.run import run_probe
 
-    from isoprobe.core.layout import embeddings_dir, probed_encoder
-    from isoprobe.core.tracking import check_store
-    from isoprobe.probing.outputs import load_probe_data
-    from isoprobe.probing.run import check_probed_task, probe_and_write
-
-    check_store(params.tracking, f"isoprobe/{args.task}")  # fail fast, before probing
-    meta, splits = check_probed_task(params, args.task)
-    data, cut = load_probe_data(
-        embeddings_dir(args.task, "pretrained"), splits, meta["kind"], params.probe.features
-    )
-    encoder = probed_encoder(args.task)
-    report = probe_and_write(
-        params, args.task, meta, encoder, data, cut, context={"model": params.model.name},
-        progress=not args.no_progress,
-    )  # fmt: skip
-    print(
-        f"probe {args.task}/{encoder}: layer {report['layer']}: linear {report['linear_test']:.3f}, "
-        f"mlp {report['mlp_test']:.3f}, clusters {report.get('clusters')} for "
-        f"{len(meta['label_names'])} labels"
-    )
+    run_probe(params, args.task, progress=not args.no_progress)
 
 
 if __name__ == "__main__":

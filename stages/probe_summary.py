@@ -1,7 +1,7 @@
 """Stage `probe_summary`: figures comparing the pre-trained encoder with the fine-tuned ones, for every
 task of probe.tasks and probe.token_tasks, from the probe metrics and arrays (medians over seeds).
 
-Writes plots/probe/summary/<task>/: accuracy.png (linear and MLP probe test accuracy by layer),
+Writes plots/probe_summary/<task>/: accuracy.png (linear and MLP probe test accuracy by layer),
 clusters.png (DirectProbe clusters by layer against the number of labels), distance.png (minimum
 label-pair hull distance by layer), similarity.png (spatial similarity to the pre-trained space and
 between train and test; CKA to the pre-trained vectors), centroids_pca.png (label centroids before
@@ -19,16 +19,9 @@ def main() -> None:
     p.add_argument("--params", default="params.yaml")
     args = p.parse_args()
     params = load_params(args.params)
+    from isoprobe.probing.run import run_probe_summary
 
-    from isoprobe.core.io import atomic_dir
-    from isoprobe.core.layout import probe_summary_dir
-    from isoprobe.probing.run import write_summary_plots
-
-    with atomic_dir(probe_summary_dir()) as tmp:
-        for task in [*params.probe.tasks, *params.probe.token_tasks]:
-            n, skipped = write_summary_plots(params, task, tmp / task)
-            left_out = f", {len(skipped)} skipped encoders left out ({', '.join(skipped)})"
-            print(f"probe_summary {task}: {n} figures" + (left_out if skipped else ""))
+    run_probe_summary(params)
 
 
 if __name__ == "__main__":

@@ -12,6 +12,7 @@ import yaml
 from conftest import REPO
 from isoprobe.core.config import load_params, parse_params
 from isoprobe.core.errors import IsoprobeError
+from isoprobe.core.treatments import BUILTIN_METHODS, treatment_names
 
 BASE = yaml.safe_load((REPO / "params.yaml").read_text())
 
@@ -21,6 +22,19 @@ def test_repository_params_are_valid():
     assert p.pipeline.tasks == ["tweets"]
     assert p.model.name == "embedded:all-MiniLM-L6-v2"
     assert p.tasks["tweets"].scheme == "embedded" and p.tasks["rte"].argument.endswith("glue/RTE")
+
+
+def test_heads_options_come_from_the_treatment_registry():
+    """Unset treatments and options take their options model's defaults (the only defaults); the
+    repository's params.yaml spells out exactly those; every registered treatment is present."""
+    spelled = parse_params(BASE).finetune.heads
+    unset = parse_params(with_change("finetune.heads", KeyError)).finetune
+    assert unset.heads.model_dump(mode="json") == spelled.model_dump(mode="json")
+    assert list(unset.heads.model_dump()) == list(treatment_names())
+    assert unset.methods == list(BUILTIN_METHODS)
+    partial = parse_params(with_change("finetune.heads", {"isobn": {"beta": 1.0}})).finetune.heads
+    assert partial.options("isobn") == {"momentum": 0.05, "beta": 1.0, "eps": 1e-3}
+    assert partial["whiten"].shrinkage == 0.1 and partial.options("baseline") == {}
 
 
 def with_change(path: str, value):
@@ -77,7 +91,8 @@ def with_change(path: str, value):
         (
             "finetune.methods",
             ["baseline", "dropnorm"],
-            r"finetune\.methods\.1: Input should be 'baseline'",
+            r"finetune\.methods\.1: not a registered treatment; registered: 'baseline', "
+            r"'layernorm', 'batchnorm', 'standardize', 'isobn', 'whiten' .*\(got 'dropnorm'\)",
         ),
         ("finetune.methods", ["isobn", "isobn"], r"finetune\.methods: entries must be unique"),
         ("finetune.train.lr", -1e-5, r"finetune\.train\.lr: Input should be greater than 0"),
@@ -112,6 +127,23 @@ def with_change(path: str, value):
             "finetune.heads.baseline",
             {"eps": 1},
             r"finetune\.heads\.baseline: baseline takes no options",
+        ),
+        (
+            "finetune.heads.groupnorm",
+            {"groups": 4},
+            r"finetune\.heads\.groupnorm: not a registered treatment; registered: 'baseline'",
+        ),
+        ("finetune.heads.isobn.gamma", 1.0, r"finetune\.heads\.isobn\.gamma: unknown key"),
+        ("finetune.heads.whiten.shrinkage", 2, r"finetune\.heads\.whiten\.shrinkage: .*(got 2)"),
+        (
+            "finetune.heads.layernorm.eps",
+            0,
+            r"finetune\.heads\.layernorm\.eps: Input should be greater than 0 \(got 0\)",
+        ),
+        (
+            "finetune.heads.standardize",
+            [0.1],
+            r"finetune\.heads\.standardize: Input should be a valid dictionary",
         ),
         ("pipeline", KeyError, r"pipeline: Field required"),
         (

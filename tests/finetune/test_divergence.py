@@ -14,9 +14,10 @@ import torch
 from test_checkpoint import CFG, SPLITS, build, finish, make_project, stage
 from test_finetune import META
 
+from isoprobe.core.io import json_safe
 from isoprobe.finetune.checkpoint import MARKER, Checkpointer, checkpoint_dir
 from isoprobe.finetune.loop import finetune, gradient_summary
-from isoprobe.finetune.outputs import STEP_COLUMNS, finite_json, write_steps_csv
+from isoprobe.finetune.outputs import STEP_COLUMNS, write_steps_csv
 
 # AdamW moves every weight by ~lr per step whatever the gradient: 1e6 overflows the tiny BERT at
 # once (step 2 without warm-up, step 3 with it; the first warm-up step has rate 0)
@@ -54,6 +55,7 @@ def test_absurd_learning_rate_stops_the_run_at_the_first_non_finite_step(tiny_be
 
 
 def test_steps_csv_writes_non_finite_values_as_empty_cells(tmp_path):
+    """Non-finite values: empty CSV cells (DVC plots skip them), null in the JSON (json_safe)."""
     steps = [
         {"step": 1, "epoch": 1, "loss": 0.5, "lr": 1.0, "grad_cls": 2.0, "grad_head": 3.0,
          "grad_total": 4.0},
@@ -63,7 +65,7 @@ def test_steps_csv_writes_non_finite_values_as_empty_cells(tmp_path):
     write_steps_csv(tmp_path / "s.csv", steps)
     rows = list(csv.reader((tmp_path / "s.csv").open()))
     assert rows == [list(STEP_COLUMNS), ["1", "1", "0.5", "1", "2", "3", "4"], ["2", "1", "", "1", "", "3", ""]]  # fmt: skip
-    assert finite_json({"a": [math.nan, 1.0, {"b": math.inf}], "c": None}) == {
+    assert json_safe({"a": [math.nan, 1.0, {"b": math.inf}], "c": None}) == {
         "a": [None, 1.0, {"b": None}],
         "c": None,
     }

@@ -1,5 +1,6 @@
-"""[CLS] normalizers and the classifier head: every registered method, IsoBN against an independent
-reference of Zhou, Lin & Ren (AAAI 2021), ZCA whitening, moving moments and multi-process statistics."""
+"""[CLS] normalizers and the classifier head: every built-in method, built from the treatment
+registry (isoprobe.core.treatments), IsoBN against an independent reference of Zhou, Lin & Ren
+(AAAI 2021), ZCA whitening, moving moments and multi-process statistics."""
 
 from __future__ import annotations
 
@@ -13,7 +14,9 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from conftest import free_port
-from isoprobe.finetune.heads import METHODS, NORMALIZERS, ClassifierHead, make_normalizer
+from isoprobe.core.errors import IsoprobeError
+from isoprobe.core.treatments import get_treatment, treatment_names
+from isoprobe.finetune.heads import METHODS, ClassifierHead, make_normalizer
 from isoprobe.finetune.heads.isobn import IsoBN
 from isoprobe.finetune.heads.moments import MovingMoments, batch_moments
 from isoprobe.finetune.heads.whiten import Whiten
@@ -79,6 +82,19 @@ class ReferenceIsoBN:
         return x * self.scale().to(x.dtype)
 
 
+def isobn(**options) -> IsoBN:
+    """IsoBN through the registry: unset options take the defaults of its options model."""
+    return make_normalizer("isobn", HIDDEN, options)
+
+
+def whiten(**options) -> Whiten:
+    return make_normalizer("whiten", HIDDEN, options)
+
+
+def defaults(method: str) -> dict:
+    return get_treatment(method).defaults().model_dump()
+
+
 def head(method: str, seed: int = 0, dropout: float = 0.0, **options) -> ClassifierHead:
     torch.manual_seed(seed)
     return ClassifierHead(method, HIDDEN, CLASSES, dropout, options or None)
@@ -102,16 +118,35 @@ def train_steps(h: ClassifierHead, steps: int = 3, seed: int = 1, lr: float = 0.
 
 
 def test_registry_lists_every_method():
-    assert set(METHODS) == {"baseline", "layernorm", "batchnorm", "standardize", "isobn", "whiten"}
-    assert tuple(NORMALIZERS) == METHODS
+    assert METHODS == ("baseline", "layernorm", "batchnorm", "standardize", "isobn", "whiten")
+    assert treatment_names()[: len(METHODS)] == METHODS
+
+
+def test_builtin_defaults_are_the_papers_and_the_modules():
+    """The options models are the one place of the defaults (the modules take every option)."""
+    assert defaults("baseline") == {}
+    assert defaults("layernorm") == {"eps": 1e-12}
+    assert defaults("batchnorm") == defaults("standardize") == {"momentum": 0.1, "eps": 1e-5}
+    assert defaults("isobn") == {"momentum": 0.05, "beta": 0.5, "eps": 1e-3}
+    assert defaults("whiten") == {"momentum": 0.05, "shrinkage": 0.1, "eps": 1e-5}
+    assert isinstance(make_normalizer("baseline", HIDDEN), torch.nn.Identity)
+    ln = make_normalizer("layernorm", HIDDEN)
+    assert isinstance(ln, torch.nn.LayerNorm) and ln.eps == 1e-12 and ln.elementwise_affine
+    iso = isobn()
+    assert (iso.stats.momentum, iso.beta, iso.eps) == (0.05, 0.5, 1e-3)
+    wh = whiten()
+    assert (wh.stats.momentum, wh.shrinkage, wh.eps) == (0.05, 0.1, 1e-5)
+    with pytest.raises(TypeError):
+        IsoBN(HIDDEN)  # no second set of defaults
 
 
 def test_unknown_method_names_the_allowed_ones():
     with pytest.raises(ValueError, match="unknown method 'nope'") as err:
         make_normalizer("nope", HIDDEN)
+    assert isinstance(err.value, IsoprobeError)
     for method in METHODS:
-        assert method in str(err.value)
-    with pytest.raises(ValueError, match="allowed"):
+        assert f"'{method}'" in str(err.value)
+    with pytest.raises(ValueError, match="registered"):
         ClassifierHead("nope", HIDDEN, CLASSES, 0.0)
 
 
@@ -125,7 +160,15 @@ def test_options_reach_the_normalizer():
     assert bn.momentum == 0.3 and bn.affine
     assert not make_normalizer("standardize", HIDDEN).affine
     with pytest.raises(ValueError, match="shrinkage"):
-        Whiten(HIDDEN, shrinkage=1.5)
+        Whiten(HIDDEN, **{**defaults("whiten"), "shrinkage": 1.5})
+    with pytest.raises(
+        ValueError, match=r"treatment 'whiten': shrinkage: .*less than or equal to 1"
+    ):
+        make_normalizer("whiten", HIDDEN, {"shrinkage": 1.5})
+    with pytest.raises(ValueError, match=r"treatment 'isobn': gamma: unknown key"):
+        make_normalizer("isobn", HIDDEN, {"gamma": 1.0})
+    with pytest.raises(ValueError, match="baseline takes no options"):
+        make_normalizer("baseline", HIDDEN, {"eps": 1.0})
 
 
 # --------------------------------------------------------------------------- every method
@@ -307,7 +350,7 @@ def test_moving_moments_rejects_bad_momentum(momentum):
     with pytest.raises(ValueError, match="momentum"):
         MovingMoments({"a": (3,)}, momentum)
     with pytest.raises(ValueError, match="momentum"):
-        IsoBN(HIDDEN, momentum=momentum)
+        IsoBN(HIDDEN, **{**defaults("isobn"), "momentum": momentum})
 
 
 @pytest.mark.parametrize("momentum", [0.05, 0.3, 1.0])
@@ -349,7 +392,7 @@ def test_batch_moments_is_the_population_moments_in_float64():
 
 
 def test_isobn_is_identity_before_training_and_first_step_uses_that_batch():
-    iso = IsoBN(HIDDEN).eval()
+    iso = isobn().eval()
     x = anisotropic(BATCH, HIDDEN, 14)
     assert torch.equal(iso(x), x) and int(iso.stats.steps) == 0
     iso.train()
@@ -370,7 +413,7 @@ def test_isobn_is_identity_before_training_and_first_step_uses_that_batch():
     ],
 )
 def test_isobn_matches_reference_over_steps(options, dtype):
-    iso = IsoBN(HIDDEN, **options).train()
+    iso = isobn(**options).train()
     ref = ReferenceIsoBN(HIDDEN, **options)
     tol = {"rtol": 1e-10, "atol": 1e-10} if dtype == torch.float64 else {}
     for x in batches(5, 32, HIDDEN, seed=15, dtype=dtype):
@@ -391,7 +434,7 @@ def test_isobn_matches_reference_over_steps(options, dtype):
 
 
 def test_isobn_scale_is_detached():
-    iso = IsoBN(HIDDEN).train()
+    iso = isobn().train()
     for x in batches(3, 32, HIDDEN, seed=17):
         iso(x)
     ref = ReferenceIsoBN(HIDDEN)
@@ -408,7 +451,7 @@ def test_isobn_scale_is_detached():
 
 def test_isobn_preserves_total_variance():
     eps = 1e-3
-    iso = IsoBN(HIDDEN, eps=eps).train()
+    iso = isobn(eps=eps).train()
     for x in batches(5, 64, HIDDEN, seed=19):
         iso(x)
     cov = iso.stats.get("cov")
@@ -441,7 +484,7 @@ def test_isobn_reduces_anisotropy():
     def sample(n):
         return (torch.randn(n, HIDDEN, generator=g, dtype=torch.float64) * stds) @ mix + 3.0
 
-    iso = IsoBN(HIDDEN).train()
+    iso = isobn().train()
     for _ in range(30):
         iso(sample(64))
     x = sample(4000)
@@ -458,7 +501,7 @@ def test_isobn_reduces_anisotropy():
 def test_isobn_handles_a_constant_dimension():
     x = anisotropic(BATCH, HIDDEN, 21)
     x[:, 2] = 4.0  # zero variance: rho must not become NaN
-    iso = IsoBN(HIDDEN).train()
+    iso = isobn().train()
     out = iso(x)
     assert torch.isfinite(out).all() and torch.isfinite(iso.scale()).all()
 
@@ -482,7 +525,7 @@ def _gaussian(seed: int):
 
 def test_whiten_converges_to_identity_covariance():
     _, _, sample = _gaussian(22)
-    wh = Whiten(HIDDEN, shrinkage=0.0, eps=1e-8).train()
+    wh = whiten(shrinkage=0.0, eps=1e-8).train()
     for _ in range(200):
         wh(sample(512))
     w = wh.matrix()
@@ -496,7 +539,7 @@ def test_whiten_converges_to_identity_covariance():
 def test_whiten_full_shrinkage_is_centring_and_uniform_scale():
     _, _, sample = _gaussian(23)
     eps = 1e-5
-    wh = Whiten(HIDDEN, shrinkage=1.0, eps=eps).train()
+    wh = whiten(shrinkage=1.0, eps=eps).train()
     for _ in range(5):
         wh(sample(256))
     cov = wh.stats.get("cov")
@@ -513,7 +556,7 @@ def test_whiten_full_shrinkage_is_centring_and_uniform_scale():
 
 def test_whiten_first_step_and_gradient():
     x = anisotropic(64, HIDDEN, 24).requires_grad_(True)
-    wh = Whiten(HIDDEN, shrinkage=0.0, eps=1e-10).train()
+    wh = whiten(shrinkage=0.0, eps=1e-10).train()
     out = wh(x)
     xd = x.detach()
     torch.testing.assert_close(wh.stats.get("mean"), xd.mean(0), rtol=1e-12, atol=1e-12)
@@ -529,7 +572,7 @@ def test_whiten_first_step_and_gradient():
 
 def test_whiten_eval_reuses_matrix_until_statistics_change(monkeypatch):
     _, _, sample = _gaussian(25)
-    wh, other = Whiten(HIDDEN).train(), Whiten(HIDDEN).train()
+    wh, other = whiten().train(), whiten().train()
     for _ in range(3):
         wh(sample(128))
         other(sample(64) * 2.0)
@@ -566,7 +609,7 @@ def _ddp_worker(rank: int, world: int, port: int, outdir: str, xs: list[torch.Te
         timeout=timedelta(seconds=30),
     )
     try:
-        iso, wh = IsoBN(HIDDEN).train(), Whiten(HIDDEN).train()
+        iso, wh = isobn().train(), whiten().train()
         outs = []
         for x in xs:
             half = x.shape[0] // world
@@ -590,7 +633,7 @@ def test_distributed_statistics_equal_single_process(tmp_path):
     xs = batches(steps, 32, HIDDEN, seed=25)
     mp.spawn(_ddp_worker, args=(world, free_port(), str(tmp_path), xs), nprocs=world, join=True)
     assert not dist.is_initialized()
-    iso, wh = IsoBN(HIDDEN).train(), Whiten(HIDDEN).train()
+    iso, wh = isobn().train(), whiten().train()
     for x in xs:
         last = iso(x)
         wh(x)

@@ -8,13 +8,33 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    RootModel,
+    SerializeAsAny,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+from pydantic_core import PydanticCustomError
 
+from isoprobe.core import treatments
 from isoprobe.core.errors import IsoprobeError
 from isoprobe.core.layout import SPLITS  # noqa: F401 (re-exported: the stages import it from here)
+from isoprobe.core.treatments import (  # noqa: F401 (the built-in options models, re-exported)
+    BUILTIN_METHODS,
+    BatchNormOptions,
+    IsoBNOptions,
+    LayerNormOptions,
+    WhitenOptions,
+    treatment_names,
+)
 
 SOURCE_SCHEMES = ("embedded", "glue_tsv", "hf", "trec", "conllu", "csv", "tsv")
 EMBEDDED_SOURCES = ("tweets",)
@@ -190,53 +210,65 @@ class TrainConfig(Strict):
     log_weights: bool = False
 
 
-class BatchNormOptions(Strict):
-    momentum: float = Field(0.1, gt=0, le=1)
-    eps: float = Field(1e-5, gt=0)
+class HeadsConfig(RootModel[dict[str, SerializeAsAny[BaseModel]]]):
+    """`finetune.heads`: the options of every registered [CLS] treatment (isoprobe.core.treatments),
+    each validated by that treatment's options model (which holds the defaults: a treatment not
+    given here takes them). `heads["isobn"]` is the options model, `options("isobn")` a dict."""
 
+    model_config = ConfigDict(frozen=True)
 
-class HeadsConfig(Strict):
-    """Hyper-parameters of each [CLS] treatment (see isoprobe.finetune.heads)."""
-
-    baseline: dict[str, Any] = Field(default_factory=dict)
-    layernorm: dict[str, float] = Field(default_factory=lambda: {"eps": 1e-12})
-    batchnorm: BatchNormOptions = BatchNormOptions()
-    standardize: BatchNormOptions = BatchNormOptions()
-    isobn: IsoBNOptions = Field(default_factory=lambda: IsoBNOptions())
-    whiten: WhitenOptions = Field(default_factory=lambda: WhitenOptions())
-
-    @field_validator("baseline")
+    @model_validator(mode="before")
     @classmethod
-    def _no_options(cls, v: dict) -> dict:
-        if v:
-            raise ValueError("baseline takes no options")
-        return v
+    def _by_registry(cls, data: Any) -> dict[str, BaseModel]:
+        if isinstance(data, HeadsConfig):
+            return dict(data.root)
+        if data is None:
+            data = {}
+        if not isinstance(data, dict):
+            raise ValueError("expected a mapping: treatment name -> its options")
+        errors: list[dict[str, Any]] = []
+        for name, value in data.items():
+            if name not in treatment_names():
+                errors.append(
+                    {"type": PydanticCustomError("unknown_treatment", treatments.unknown_message()),
+                     "loc": (name,), "input": value}
+                )  # fmt: skip
+        out: dict[str, BaseModel] = {}
+        for t in treatments.registered_treatments():
+            try:
+                out[t.name] = t.validate(data.get(t.name, {}))
+            except ValidationError as err:
+                errors.extend(
+                    {"type": PydanticCustomError(e["type"], e["msg"]),
+                     "loc": (t.name, *e["loc"]), "input": e.get("input")}
+                    for e in err.errors(include_url=False)
+                )  # fmt: skip
+        if errors:
+            raise ValidationError.from_exception_data(cls.__name__, errors)
+        return out
 
-    @field_validator("layernorm")
-    @classmethod
-    def _ln(cls, v: dict) -> dict:
-        if set(v) - {"eps"} or not all(x > 0 for x in v.values()):
-            raise ValueError("layernorm takes only eps > 0")
-        return v
+    def __getitem__(self, method: str) -> BaseModel:
+        if method not in self.root:
+            raise IsoprobeError(
+                f"finetune.heads has no options of treatment '{method}' (registered after the "
+                f"params were validated?); it has: {', '.join(self.root)}"
+            )
+        return self.root[method]
 
     def options(self, method: str) -> dict[str, Any]:
-        value = getattr(self, method)
-        return dict(value) if isinstance(value, dict) else value.model_dump()
+        """The options of treatment `method` as a plain dict (defaults filled in)."""
+        return self[method].model_dump()
 
 
-class IsoBNOptions(Strict):
-    momentum: float = Field(0.05, gt=0, le=1)
-    beta: float = Field(0.5, ge=0)
-    eps: float = Field(1e-3, gt=0)
+def _registered_method(name: str) -> str:
+    if name not in treatment_names():
+        raise PydanticCustomError("unknown_method", treatments.unknown_message())
+    return name
 
 
-class WhitenOptions(Strict):
-    momentum: float = Field(0.05, gt=0, le=1)
-    shrinkage: float = Field(0.1, ge=0, le=1)
-    eps: float = Field(1e-5, gt=0)
-
-
-METHODS = ("baseline", "layernorm", "batchnorm", "standardize", "isobn", "whiten")
+# A treatment's name, validated against the registry (built-ins and user treatments).
+Method = Annotated[str, AfterValidator(_registered_method)]
+METHODS = BUILTIN_METHODS  # the built-in treatments (the default of finetune.methods)
 
 
 class CheckpointConfig(Strict):
@@ -256,9 +288,8 @@ class FinetuneConfig(Strict):
     # None: every sentence task of pipeline.tasks (filled in by Params). dvc.yaml's matrix reads
     # the key from params.yaml, so a params file driving `dvc repro` spells it out.
     tasks: list[str] | None = Field(None, min_length=1)
-    methods: list[
-        Literal["baseline", "layernorm", "batchnorm", "standardize", "isobn", "whiten"]
-    ] = Field(default_factory=lambda: list(METHODS), min_length=1)
+    # registered treatments (isoprobe.core.treatments: the built-ins and any user treatment)
+    methods: list[Method] = Field(default_factory=lambda: list(METHODS), min_length=1)
     seeds: list[int] = Field(default_factory=lambda: [0, 1], min_length=1)
     # the program that runs stages/finetune.py (dvc.yaml's cmd): python, or a multi-process launcher
     launcher: str = Field("python", pattern=LAUNCHER)
@@ -267,7 +298,7 @@ class FinetuneConfig(Strict):
     # a diverged run (non-finite loss or gradient) fails its stage (stopping `dvc repro`) when true;
     # when false it is recorded as `status: diverged` and the other runs go on
     fail_fast: bool = False
-    heads: HeadsConfig = Field(default_factory=lambda: HeadsConfig())
+    heads: HeadsConfig = Field(default_factory=lambda: HeadsConfig.model_validate({}))
 
     @field_validator("tasks", "methods", "seeds")
     @classmethod
@@ -463,11 +494,13 @@ def _format_errors(err: ValidationError, source: str) -> str:
 
 
 def parse_params(data: Any, source: str = "params") -> Params:
-    """Validate an already-loaded mapping."""
+    """Validate an already-loaded mapping (against the treatments registered by then and those of
+    installed entry points; `load_params` also imports the params file's `treatments/` folder)."""
     if not isinstance(data, dict):
         raise IsoprobeError(
             f"{source}: expected a mapping at the top level, got {type(data).__name__}"
         )
+    treatments.load_entry_points()
     try:
         return Params.model_validate(data)
     except ValidationError as err:
@@ -475,7 +508,8 @@ def parse_params(data: Any, source: str = "params") -> Params:
 
 
 def load_params(path: str | Path = "params.yaml") -> Params:
-    """Read and validate a params file (yaml.safe_load)."""
+    """Read and validate a params file (yaml.safe_load). The user treatments of the `treatments/`
+    folder beside it are imported first, so `finetune.methods` may name them."""
     path = Path(path)
     if not path.is_file():
         raise IsoprobeError(f"params file not found: {path}")
@@ -483,4 +517,5 @@ def load_params(path: str | Path = "params.yaml") -> Params:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
     except yaml.YAMLError as err:
         raise IsoprobeError(f"{path}: not valid YAML: {err}") from None
+    treatments.load_user_treatments(path.resolve().parent)
     return parse_params(data, str(path))

@@ -15,6 +15,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from isoprobe.core.errors import IsoprobeError
+from isoprobe.core.treatments import get_treatment
 from isoprobe.finetune.heads import ClassifierHead
 
 
@@ -53,18 +54,23 @@ def check_pooling(pooling: str, info: dict) -> None:
 
 
 def save_classifier(model: EncoderClassifier, tokenizer, folder: Path, head_config: dict) -> None:
-    """Write the encoder (safetensors), tokenizer, head weights and buffers, and head.json into `folder`."""
+    """Write the encoder (safetensors), tokenizer, head weights and buffers, and head.json into
+    `folder`. For a user treatment head.json also says where its code came from (`treatment`: a
+    file of treatments/ and its sha256, or the installed distribution and version)."""
     model.encoder.save_pretrained(folder, safe_serialization=True)
     tokenizer.save_pretrained(folder)
     state = {k: v.detach().cpu().contiguous() for k, v in model.head.state_dict().items()}
     save_file(state, str(folder / "head.safetensors"))
+    treatment = get_treatment(model.head.method)
+    origin = {} if treatment.builtin else {"treatment": treatment.origin}
     (folder / "head.json").write_text(
-        json.dumps({**head_config, "pooling": model.pooling}, indent=2) + "\n"
+        json.dumps({**head_config, "pooling": model.pooling, **origin}, indent=2) + "\n"
     )
 
 
 def load_head(folder: Path) -> tuple[ClassifierHead, dict]:
-    """The head of a fine-tuned model folder (eval mode) and its head.json."""
+    """The head of a fine-tuned model folder (eval mode) and its head.json. A user treatment must
+    be registered first (`load_params` imports the project's treatments/ folder)."""
     cfg = json.loads((folder / "head.json").read_text())
     head = ClassifierHead(
         cfg["method"], cfg["hidden_size"], cfg["num_outputs"], cfg["dropout"], cfg["options"]

@@ -27,6 +27,7 @@ import random
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
+from typing import Any
 
 import numpy as np
 import torch
@@ -34,6 +35,7 @@ from tqdm.auto import tqdm
 
 from isoprobe.core.config import TrainConfig
 from isoprobe.core.errors import IsoprobeError
+from isoprobe.core.layout import SPLITS
 from isoprobe.core.scores import main_score, task_scores
 from isoprobe.finetune.checkpoint import Checkpointer
 from isoprobe.finetune.classifier import EncoderClassifier
@@ -215,156 +217,239 @@ def finetune(
     The model ends holding the best-dev weights and head statistics (a diverged run: the last ones,
     no best epoch, empty dev/test). `on_step` gets each finite step's record after its checkpoint;
     `checkpoint` saves and resumes (the caller ends it with `checkpoint.finish`)."""
-    from transformers import get_linear_schedule_with_warmup
-
     seed_everything(seed)
     acc = accelerator or make_accelerator(cfg)
-    regression = meta["label_type"] == "regression"
-    metric = meta["metric"]
-    key = main_score(metric)
-    world, rank = acc.num_processes, acc.process_index
+    run = _setup(model, tokenizer, splits, meta, cfg, seed, acc, checkpoint)
+    run.resume()
+    run.train(progress, on_epoch, on_step)
+    return run.result_of_best()
+
+
+def _encode_splits(tokenizer, splits: dict[str, list[dict]], cfg: TrainConfig, world: int) -> dict:
+    """Every split encoded (`encode_split`); a batch smaller than the processes is an error."""
     if cfg.batch_size < world:
         raise IsoprobeError(
             f"finetune.train.batch_size: {cfg.batch_size} is smaller than the {world} processes; "
             "each process needs at least one row of every batch"
         )
-    data = {s: encode_split(tokenizer, splits[s], cfg.max_length) for s in ("train", "dev", "test")}
-    feats, lengths, labels = data["train"]
+    return {s: encode_split(tokenizer, splits[s], cfg.max_length) for s in SPLITS}
+
+
+def _ready_model(model: EncoderClassifier, targets: np.ndarray | None) -> None:
+    """Freeze an unused pooler; a regression head (`targets` given) starts at the mean target."""
+    freeze_unused_pooler(model)
+    if targets is not None:  # a head that removes the [CLS] mean cannot supply it
+        with torch.no_grad():
+            model.head.linear.bias.fill_(float(np.mean(targets)))
+
+
+def _setup(model, tokenizer, splits, meta, cfg, seed, acc, checkpoint) -> _Training:
+    """Encoded splits, batch-order generator, the model readied for training (frozen unused pooler,
+    a regression head's bias at the mean target), optimizer and schedule, all placed by `acc`."""
+    from transformers import get_linear_schedule_with_warmup
+
+    regression = meta["label_type"] == "regression"
+    data = _encode_splits(tokenizer, splits, cfg, acc.num_processes)
+    _, lengths, labels = data["train"]
     rng = np.random.default_rng(seed)
-    min_size = max(2, world)
+    min_size = max(2, acc.num_processes)
     steps_per_epoch = len(
         length_grouped_batches(lengths, cfg.batch_size, np.random.default_rng(0), min_size=min_size)
     )
-    freeze_unused_pooler(model)
-    if regression:  # start at the mean target: a head that removes the [CLS] mean cannot supply it
-        with torch.no_grad():
-            model.head.linear.bias.fill_(float(np.mean(labels)))
+    _ready_model(model, labels if regression else None)
     total_steps = steps_per_epoch * cfg.epochs
     optimizer = make_adamw(model, cfg)
     scheduler = get_linear_schedule_with_warmup(
         optimizer, int(cfg.warmup_ratio * total_steps), total_steps
     )
     model, optimizer = acc.prepare(model, optimizer)
-    core = acc.unwrap_model(model)
-    loss_fn = torch.nn.MSELoss() if regression else torch.nn.CrossEntropyLoss()
-    result = FinetuneResult(status="ok")
-    best_state, step, start_epoch, done = None, 0, 1, 0  # done: batches of start_epoch trained
-    resumed = checkpoint.load(acc, core, optimizer, scheduler) if checkpoint else None
-    acc.wait_for_everyone()  # every process has read the checkpoint before the next one replaces it
-    if resumed is not None:
-        state, best_state = resumed
-        result = FinetuneResult(**state["result"])
-        step, start_epoch, done = state["step"], state["epoch"], state["batch"]
-        rng.bit_generator.state = state["batch_order"]
-    best = result.epochs[result.best_epoch - 1][f"dev_{key}"] if result.best_epoch else -math.inf
-    t0 = time.perf_counter() - result.seconds
+    return _Training(
+        model=model, core=acc.unwrap_model(model), tokenizer=tokenizer, cfg=cfg, acc=acc, data=data,
+        regression=regression, metric=meta["metric"], optimizer=optimizer, scheduler=scheduler,
+        loss_fn=torch.nn.MSELoss() if regression else torch.nn.CrossEntropyLoss(), rng=rng,
+        min_size=min_size, total_steps=total_steps, checkpoint=checkpoint,
+    )  # fmt: skip
 
-    def save(epoch: int, batch: int, batch_order: dict) -> None:
+
+@dataclass
+class _Training:
+    """One fine-tuning run between its steps: what `_setup` built and where the run stands."""
+
+    model: torch.nn.Module  # as prepared by Accelerate (wrapped under several processes)
+    core: EncoderClassifier  # the same model unwrapped
+    tokenizer: Any
+    cfg: TrainConfig
+    acc: Any
+    data: dict[str, tuple[list[dict], np.ndarray, np.ndarray]]  # encoded splits
+    regression: bool
+    metric: str
+    optimizer: torch.optim.Optimizer
+    scheduler: Any
+    loss_fn: torch.nn.Module
+    rng: np.random.Generator  # the batch order of every epoch
+    min_size: int
+    total_steps: int
+    checkpoint: Checkpointer | None
+    result: FinetuneResult = field(default_factory=lambda: FinetuneResult(status="ok"))
+    best_state: dict | None = None  # the best-dev weights and buffers so far (CPU)
+    best: float = -math.inf  # their dev score
+    step: int = 0  # optimizer steps done
+    start_epoch: int = 1
+    done: int = 0  # batches of start_epoch trained
+    t0: float = 0.0  # the run's start (a resumed run: minus the seconds it had run)
+
+    @property
+    def key(self) -> str:
+        return main_score(self.metric)
+
+    def resume(self) -> None:
+        """Restore a matching checkpoint, if any; start the clock."""
+        ck = self.checkpoint
+        resumed = ck.load(self.acc, self.core, self.optimizer, self.scheduler) if ck else None
+        self.acc.wait_for_everyone()  # every process has read the checkpoint before it is replaced
+        if resumed is not None:
+            state, self.best_state = resumed
+            self.result = FinetuneResult(**state["result"])
+            self.step, self.start_epoch, self.done = state["step"], state["epoch"], state["batch"]
+            self.rng.bit_generator.state = state["batch_order"]
+        r = self.result
+        self.best = r.epochs[r.best_epoch - 1][f"dev_{self.key}"] if r.best_epoch else -math.inf
+        self.t0 = time.perf_counter() - r.seconds
+
+    def save(self, epoch: int, batch: int, batch_order: dict) -> None:
         """Checkpoint: `batch` batches of `epoch` done, drawn from the generator at `batch_order`."""
-        if checkpoint is not None:
-            result.seconds = time.perf_counter() - t0
-            where = {"step": step, "epoch": epoch, "batch": batch, "batch_order": batch_order}
-            checkpoint.save(
-                acc, core, optimizer, scheduler, best_state, {**where, "result": asdict(result)}
-            )
+        if self.checkpoint is not None:
+            self.result.seconds = time.perf_counter() - self.t0
+            where = {"step": self.step, "epoch": epoch, "batch": batch, "batch_order": batch_order}
+            self.checkpoint.save(
+                self.acc, self.core, self.optimizer, self.scheduler, self.best_state,
+                {**where, "result": asdict(self.result)},
+            )  # fmt: skip
 
-    bar = tqdm(
-        total=total_steps,
-        initial=step,
-        desc="finetune",
-        unit="step",
-        disable=not progress,
-        mininterval=2,
-    )
-    for epoch in range(start_epoch, cfg.epochs + 1):
-        model.train()
-        batch_order = rng.bit_generator.state
-        batches = length_grouped_batches(lengths, cfg.batch_size, rng, min_size=min_size)
-        for pos in range(done, len(batches)):
-            idx = batches[pos]
-            local = idx[rank::world]
-            batch = {
-                k: v.to(acc.device)
-                for k, v in collate(tokenizer, feats, labels, local, regression).items()
-            }
-            y = batch.pop("labels")
-            with acc.autocast():
-                logits, pooled, _ = model(**batch)
-                pooled.retain_grad()
-                out = logits.float()
-                loss = loss_fn(out[:, 0], y) if regression else loss_fn(out, y)
-            share = len(local) * world / len(idx)  # 1.0 with one process
-            acc.backward(loss * share if world > 1 else loss)
-            step += 1
-            rec = {
-                "step": step,
-                "epoch": epoch,
-                "loss": _global_mean(acc, loss.detach(), share),
-                "lr": float(scheduler.get_last_lr()[0]),
-                "grad_cls": _global_norm(acc, pooled.grad),
-                "grad_head": float(core.head.linear.weight.grad.float().norm()),
-            }
-            params = [p for p in model.parameters() if p.grad is not None]
-            total = acc.clip_grad_norm_(params, cfg.grad_clip if cfg.grad_clip else float("inf"))
-            rec["grad_total"] = float(total)
-            result.steps.append(rec)
-            result.train_examples += len(idx)
-            if not all(math.isfinite(rec[k]) for k in ("loss", "grad_total")):
-                result.status, result.diverged_at = "diverged", step
+    def train(self, progress: bool, on_epoch, on_step) -> None:
+        """Every epoch left: train it, then score dev (until a step diverges)."""
+        bar = tqdm(
+            total=self.total_steps, initial=self.step, desc="finetune", unit="step",
+            disable=not progress, mininterval=2,
+        )  # fmt: skip
+        for epoch in range(self.start_epoch, self.cfg.epochs + 1):
+            self.train_epoch(epoch, bar, on_step)
+            self.done = 0
+            if self.result.status != "ok":
                 break
-            optimizer.step()
-            scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
+            self.end_epoch(epoch, on_epoch)
+        bar.close()
+
+    def train_epoch(self, epoch: int, bar, on_step) -> None:
+        """The batches of `epoch` (from batch `done` of a resumed one); stops at a diverged step."""
+        self.model.train()
+        batch_order = self.rng.bit_generator.state
+        lengths = self.data["train"][1]
+        batches = length_grouped_batches(
+            lengths, self.cfg.batch_size, self.rng, min_size=self.min_size
+        )
+        for pos in range(self.done, len(batches)):
+            rec = self.train_step(epoch, batches[pos])
+            if rec is None:
+                break
             bar.update(1)
             bar.set_postfix(loss=f"{rec['loss']:.3f}", refresh=False)
-            every = checkpoint.every_steps if checkpoint else 0
-            if every and step % every == 0 and pos + 1 < len(batches):
-                save(epoch, pos + 1, batch_order)
+            every = self.checkpoint.every_steps if self.checkpoint else 0
+            if every and self.step % every == 0 and pos + 1 < len(batches):
+                self.save(epoch, pos + 1, batch_order)
             if on_step:
                 on_step(rec)
-        done = 0
-        if result.status != "ok":
-            break
+
+    def train_step(self, epoch: int, idx: list[int]) -> dict | None:
+        """One optimizer step on the global batch `idx` (this process trains on its share); returns
+        its record, or None when its loss or gradient norm is not finite: the run is marked diverged
+        (the record kept), with no update."""
+        loss, pooled, share = self.forward_backward(idx)
+        self.step += 1
+        rec = self.record(epoch, loss, pooled, share)
+        params = [p for p in self.model.parameters() if p.grad is not None]
+        clip = self.cfg.grad_clip if self.cfg.grad_clip else float("inf")
+        rec["grad_total"] = float(self.acc.clip_grad_norm_(params, clip))
+        self.result.steps.append(rec)
+        self.result.train_examples += len(idx)
+        if not all(math.isfinite(rec[k]) for k in ("loss", "grad_total")):
+            self.result.status, self.result.diverged_at = "diverged", self.step
+            return None
+        self.optimizer.step()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return rec
+
+    def forward_backward(self, idx: list[int]) -> tuple[torch.Tensor, torch.Tensor, float]:
+        """Loss and pooled [CLS] (its gradient kept) of this process's rows of `idx`, backpropagated
+        weighted by its share of the batch; returns (loss, pooled, share)."""
+        world, rank = self.acc.num_processes, self.acc.process_index
+        local = idx[rank::world]
+        feats, _, labels = self.data["train"]
+        batch = {
+            k: v.to(self.acc.device)
+            for k, v in collate(self.tokenizer, feats, labels, local, self.regression).items()
+        }
+        y = batch.pop("labels")
+        with self.acc.autocast():
+            logits, pooled, _ = self.model(**batch)
+            pooled.retain_grad()
+            out = logits.float()
+            loss = self.loss_fn(out[:, 0], y) if self.regression else self.loss_fn(out, y)
+        share = len(local) * world / len(idx)  # 1.0 with one process
+        self.acc.backward(loss * share if world > 1 else loss)
+        return loss, pooled, share
+
+    def record(self, epoch: int, loss: torch.Tensor, pooled: torch.Tensor, share: float) -> dict:
+        """The step's loss, learning rate and gradient norms (but the total, taken at clipping)."""
+        return {
+            "step": self.step,
+            "epoch": epoch,
+            "loss": _global_mean(self.acc, loss.detach(), share),
+            "lr": float(self.scheduler.get_last_lr()[0]),
+            "grad_cls": _global_norm(self.acc, pooled.grad),
+            "grad_head": float(self.core.head.linear.weight.grad.float().norm()),
+        }
+
+    def scores(self, split: str) -> dict:
+        """Task scores of the model as it is on an encoded split."""
+        feats, _, labels = self.data[split]
+        out = predict(
+            self.core, self.tokenizer, feats, labels, self.cfg.eval_batch_size, self.acc.device,
+            self.regression, self.acc.autocast,
+        )  # fmt: skip
+        return task_scores(self.metric, labels, out)
+
+    def end_epoch(self, epoch: int, on_epoch) -> None:
+        """Score dev, keep the weights if best so far, checkpoint the start of the next epoch."""
         t_eval = time.perf_counter()
-        dev_scores = task_scores(
-            metric,
-            data["dev"][2],
-            predict(
-                core,
-                tokenizer,
-                *data["dev"][:1],
-                data["dev"][2],
-                cfg.eval_batch_size,
-                acc.device,
-                regression,
-                acc.autocast,
-            ),
-        )
-        result.eval_seconds += time.perf_counter() - t_eval
-        ep = {"epoch": epoch, "step": step, **{f"dev_{k}": v for k, v in dev_scores.items()}}
-        result.epochs.append(ep)
+        dev_scores = self.scores("dev")
+        self.result.eval_seconds += time.perf_counter() - t_eval
+        ep = {"epoch": epoch, "step": self.step, **{f"dev_{k}": v for k, v in dev_scores.items()}}
+        self.result.epochs.append(ep)
         if on_epoch:
             on_epoch(ep)
-        if dev_scores[key] > best:
-            best, result.best_epoch = dev_scores[key], epoch
-            best_state = copy.deepcopy({k: v.detach().cpu() for k, v in core.state_dict().items()})
-        save(epoch + 1, 0, rng.bit_generator.state)
-    bar.close()
-    result.seconds = time.perf_counter() - t0
-    if result.status != "ok":
-        result.best_epoch = None  # no weights of a diverged run are kept or scored
-    elif best_state is not None:
-        core.load_state_dict(best_state)
-        best_epoch = result.epochs[result.best_epoch - 1]  # the dev scores of the weights kept
-        result.dev = {
-            k.removeprefix("dev_"): v for k, v in best_epoch.items() if k.startswith("dev_")
-        }
-        f, _, y = data["test"]
-        out = predict(
-            core, tokenizer, f, y, cfg.eval_batch_size, acc.device, regression, acc.autocast
-        )
-        result.test = task_scores(metric, y, out)
-    return result
+        if dev_scores[self.key] > self.best:
+            self.best, self.result.best_epoch = dev_scores[self.key], epoch
+            state = self.core.state_dict()
+            self.best_state = copy.deepcopy({k: v.detach().cpu() for k, v in state.items()})
+        self.save(epoch + 1, 0, self.rng.bit_generator.state)
+
+    def result_of_best(self) -> FinetuneResult:
+        """Stop the clock; load the best-dev weights, their dev scores and score them on test (a
+        diverged run: no best epoch, nothing scored)."""
+        r = self.result
+        r.seconds = time.perf_counter() - self.t0
+        if r.status != "ok":
+            r.best_epoch = None  # no weights of a diverged run are kept or scored
+        elif self.best_state is not None:
+            self.core.load_state_dict(self.best_state)
+            best_epoch = r.epochs[r.best_epoch - 1]  # the dev scores of the weights kept
+            r.dev = {
+                k.removeprefix("dev_"): v for k, v in best_epoch.items() if k.startswith("dev_")
+            }
+            r.test = self.scores("test")
+        return r
 
 
 def gradient_summary(steps: list[dict]) -> dict[str, dict[str, float]]:

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from isoprobe.core.config import Params
 from isoprobe.core.io import atomic_file
+from isoprobe.core.treatments import registered_treatments
 
 STEP_COLUMNS = ("step", "epoch", "loss", "lr", "grad_cls", "grad_head", "grad_total")
 
@@ -28,23 +29,17 @@ def write_steps_csv(path: Path, steps: list[dict]) -> None:
             w.writerow([_cell(r[c]) for c in STEP_COLUMNS])
 
 
-def finite_json(obj):
-    """`obj` with every non-finite float replaced by None (strict JSON: null)."""
-    if isinstance(obj, float):
-        return obj if math.isfinite(obj) else None
-    if isinstance(obj, dict):
-        return {k: finite_json(v) for k, v in obj.items()}
-    if isinstance(obj, list | tuple):
-        return [finite_json(v) for v in obj]
-    return obj
-
-
 def flat_params(params: Params, task: str, method: str, seed: int) -> dict:
-    """The same param names in every fine-tuning run, so the MLflow UI lines them up."""
+    """The same param names in every fine-tuning run, so the MLflow UI lines them up: the options
+    of every registered treatment as `heads.<treatment>.<option>`, and for a user treatment where
+    its code comes from as `treatments.<treatment>` (a file of treatments/ and its sha256, or the
+    installed distribution and version, which DVC cannot hash)."""
     out = {"task": task, "method": method, "seed": seed, "model.name": params.model.name}
     out["task.source"] = params.tasks[task].source
     out.update(params.finetune.train.model_dump())
-    for m in ("batchnorm", "standardize", "isobn", "whiten", "layernorm"):
-        for k, v in params.finetune.heads.options(m).items():
-            out[f"heads.{m}.{k}"] = v
+    for t in registered_treatments():
+        for k, v in params.finetune.heads.options(t.name).items():
+            out[f"heads.{t.name}.{k}"] = v
+        if not t.builtin:
+            out[f"treatments.{t.name}"] = t.origin
     return out

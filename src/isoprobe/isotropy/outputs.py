@@ -4,21 +4,15 @@ arrays and the plots. Shared by the pre-trained encoder and (later) each fine-tu
 from __future__ import annotations
 
 import csv
-import math
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from isoprobe.core.config import IsotropyConfig
-from isoprobe.core.io import atomic_dir, atomic_file, write_safetensors
+from isoprobe.core.io import atomic_dir, atomic_file, json_safe, write_safetensors
 from isoprobe.isotropy import plots
 from isoprobe.isotropy.metrics import Isotropy
-
-
-def finite(m: dict) -> dict:
-    """JSON-ready metrics: NaN/inf (undefined for this cloud) become None."""
-    return {k: (v if isinstance(v, float) and math.isfinite(v) else None) for k, v in m.items()}
 
 
 @dataclass
@@ -32,9 +26,9 @@ class LayerIsotropy:
 
 
 def isotropy_by_layer(cls: np.ndarray, cfg: IsotropyConfig) -> LayerIsotropy:
-    """Fit `Isotropy` on every layer of `cls` [L+1, N, H]."""
+    """Fit `Isotropy` on every layer of `cls` [L+1, N, H]; undefined metrics (NaN) become None."""
     fits = [Isotropy(cfg.top_k, cfg.corr_threshold).fit(cls[i]) for i in range(cls.shape[0])]
-    return LayerIsotropy(fits, [{"layer": i, **finite(f.metrics_)} for i, f in enumerate(fits)])
+    return LayerIsotropy(fits, [{"layer": i, **json_safe(f.metrics_)} for i, f in enumerate(fits)])
 
 
 def report(result: LayerIsotropy, **context) -> dict:

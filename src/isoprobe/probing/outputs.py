@@ -1,5 +1,5 @@
 """Inputs and outputs of the probe stages: probe vectors from embedding arrays, and the metrics JSON,
-by-layer CSV, arrays file and MLflow logging of one probed encoder."""
+by-layer CSV, arrays file and MLflow logging of one probed encoder (or the files of a skipped one)."""
 
 from __future__ import annotations
 
@@ -91,6 +91,19 @@ def write_outputs(
     )
     write_csv(result, plot_path)
     write_json(metrics_path, report_)
+
+
+def write_skipped_outputs(
+    record: dict, metrics_path: Path, arrays_path: Path, plot_path: Path
+) -> None:
+    """The files of an encoder a probe stage skipped (`record`: `isoprobe.core.skipped.skipped_record`):
+    a safetensors file with no arrays, the CSV header only (`dvc plots show` draws nothing) and
+    `record` as the metrics JSON."""
+    keys = ("status", "reason", "task", "encoder")
+    write_safetensors(arrays_path, {}, {k: record[k] for k in keys})
+    with atomic_file(plot_path) as f:
+        csv.writer(f).writerow(CSV_COLUMNS)
+    write_json(metrics_path, record)
 
 
 def log_layers(run, result: ProbeResult) -> None:

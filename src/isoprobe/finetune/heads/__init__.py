@@ -1,43 +1,42 @@
-"""[CLS] treatments, registered by name: each maps x [B, H] -> [B, H] and sits before dropout -> linear.
+"""[CLS] treatments: each maps x [B, H] -> [B, H] and sits before dropout -> linear. The list of
+them, their options and their defaults is the registry `isoprobe.core.treatments`; this package
+holds the built-in modules and builds any registered treatment (`make_normalizer`).
 
-- baseline: identity (the common practice);
-- layernorm: LayerNorm with affine parameters;
+- baseline: identity (the common practice; basic.py);
+- layernorm: LayerNorm with affine parameters (basic.py);
 - batchnorm: BatchNorm1d with affine parameters (statistics over every process: batchnorm.py);
 - standardize: the same without affine parameters (batch statistics in training, running at eval);
 - isobn: Isotropic Batch Normalization (isobn.py);
-- whiten: ZCA whitening with moving statistics and shrinkage (whiten.py).
+- whiten: ZCA whitening with moving statistics and shrinkage (whiten.py);
+- any treatment a user registers (`isoprobe.register_treatment`, a module in `treatments/`, or an
+  entry point of the group `isoprobe.treatments`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Mapping
 from typing import Any
 
 from torch import nn
 
-from isoprobe.finetune.heads.batchnorm import DistBatchNorm1d
-from isoprobe.finetune.heads.isobn import IsoBN
-from isoprobe.finetune.heads.whiten import Whiten
+from isoprobe.core.treatments import BUILTIN_METHODS, get_treatment
 
-NORMALIZERS: dict[str, Callable[..., nn.Module]] = {
-    "baseline": lambda hidden: nn.Identity(),
-    "layernorm": lambda hidden, eps=1e-12: nn.LayerNorm(hidden, eps=eps, elementwise_affine=True),
-    "batchnorm": lambda hidden, momentum=0.1, eps=1e-5: DistBatchNorm1d(
-        hidden, eps=eps, momentum=momentum, affine=True
-    ),
-    "standardize": lambda hidden, momentum=0.1, eps=1e-5: DistBatchNorm1d(
-        hidden, eps=eps, momentum=momentum, affine=False
-    ),
-    "isobn": IsoBN,
-    "whiten": Whiten,
-}
-METHODS = tuple(NORMALIZERS)
+METHODS = BUILTIN_METHODS  # the built-in treatments; every registered one: treatment_names()
 
 
-def make_normalizer(method: str, hidden: int, options: dict[str, Any] | None = None) -> nn.Module:
-    if method not in NORMALIZERS:
-        raise ValueError(f"unknown method '{method}'; allowed: {', '.join(METHODS)}")
-    return NORMALIZERS[method](hidden, **(options or {}))
+def make_normalizer(
+    method: str, hidden: int, options: Mapping[str, Any] | None = None
+) -> nn.Module:
+    """The module of treatment `method` for width `hidden`; unset options take the defaults of its
+    options model. Unknown method or bad options: IsoprobeError (also a ValueError for the method)."""
+    treatment = get_treatment(method)
+    module = treatment.make(hidden, options)
+    if not isinstance(module, nn.Module):
+        raise TypeError(
+            f"treatment '{method}' ({treatment.origin}): its builder returned "
+            f"{type(module).__name__}, not a torch.nn.Module"
+        )
+    return module
 
 
 class ClassifierHead(nn.Module):
@@ -49,7 +48,7 @@ class ClassifierHead(nn.Module):
         hidden: int,
         num_outputs: int,
         dropout: float,
-        options: dict | None = None,
+        options: Mapping[str, Any] | None = None,
     ):
         super().__init__()
         self.method = method

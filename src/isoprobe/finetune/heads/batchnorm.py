@@ -41,3 +41,13 @@ class DistBatchNorm1d(nn.BatchNorm1d):
         if self.affine:
             y = y * self.weight + self.bias
         return y.to(x.dtype)
+
+
+def batchnorm(hidden: int, *, momentum: float, eps: float) -> DistBatchNorm1d:
+    """The `batchnorm` treatment: BatchNorm1d with affine parameters."""
+    return DistBatchNorm1d(hidden, eps=eps, momentum=momentum, affine=True)
+
+
+def standardize(hidden: int, *, momentum: float, eps: float) -> DistBatchNorm1d:
+    """The `standardize` treatment: batch statistics in training, running ones at eval, no affine."""
+    return DistBatchNorm1d(hidden, eps=eps, momentum=momentum, affine=False)

@@ -19,7 +19,10 @@ from isoprobe.finetune.heads.moments import MovingMoments, batch_moments
 
 
 class IsoBN(nn.Module):
-    def __init__(self, hidden: int, momentum: float = 0.05, beta: float = 0.5, eps: float = 1e-3):
+    """Options are keyword-only and required: their defaults live in the treatment's options model
+    (isoprobe.core.treatments.IsoBNOptions); `make_normalizer("isobn", hidden)` applies them."""
+
+    def __init__(self, hidden: int, *, momentum: float, beta: float, eps: float):
         super().__init__()
         self.beta, self.eps = beta, eps
         self.stats = MovingMoments({"cov": (hidden, hidden), "std": (hidden,)}, momentum)

@@ -17,9 +17,10 @@ from isoprobe.finetune.heads.moments import MovingMoments, batch_moments
 
 
 class Whiten(nn.Module):
-    def __init__(
-        self, hidden: int, momentum: float = 0.05, shrinkage: float = 0.1, eps: float = 1e-5
-    ):
+    """Options are keyword-only and required: their defaults live in the treatment's options model
+    (isoprobe.core.treatments.WhitenOptions); `make_normalizer("whiten", hidden)` applies them."""
+
+    def __init__(self, hidden: int, *, momentum: float, shrinkage: float, eps: float):
         super().__init__()
         if not 0 <= shrinkage <= 1:
             raise ValueError(f"shrinkage must be in [0, 1], got {shrinkage}")
