@@ -480,19 +480,6 @@ class Params(Strict):
         return self.tasks[name]
 
 
-def _format_errors(err: ValidationError, source: str) -> str:
-    lines = []
-    for e in err.errors():
-        loc = ".".join(str(p) for p in e["loc"]) or "(top level)"
-        msg = e["msg"].removeprefix("Value error, ")
-        if e["type"] == "extra_forbidden":
-            msg = "unknown key"
-        got = e.get("input")
-        shown = "" if isinstance(got, dict) or e["type"] == "missing" else f" (got {got!r})"
-        lines.append(f"{source}: {loc}: {msg}{shown}")
-    return "\n".join(lines)
-
-
 def parse_params(data: Any, source: str = "params") -> Params:
     """Validate an already-loaded mapping (against the treatments registered by then and those of
     installed entry points; `load_params` also imports the params file's `treatments/` folder)."""
@@ -504,7 +491,7 @@ def parse_params(data: Any, source: str = "params") -> Params:
     try:
         return Params.model_validate(data)
     except ValidationError as err:
-        raise IsoprobeError(_format_errors(err, source)) from None
+        raise IsoprobeError(treatments.format_errors(err, source, "(top level)")) from None
 
 
 def load_params(path: str | Path = "params.yaml") -> Params:

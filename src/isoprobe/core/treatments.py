@@ -160,11 +160,12 @@ class Treatment:
         return self.builder()(hidden, **dict(opts))
 
 
-def format_errors(err: ValidationError, prefix: str) -> str:
-    """One line per error: `<prefix>: <key path>: <message> (got <value>)`."""
+def format_errors(err: ValidationError, prefix: str, top_level: str | None = None) -> str:
+    """One line per error: `<prefix>: <key path>: <message> (got <value>)`; an error of the whole
+    input names `top_level` as its key path (or none)."""
     lines = []
     for e in err.errors(include_url=False):
-        loc = ".".join(str(p) for p in e["loc"])
+        loc = ".".join(str(p) for p in e["loc"]) or top_level
         msg = e["msg"].removeprefix("Value error, ")
         if e["type"] == "extra_forbidden":
             msg = "unknown key"
