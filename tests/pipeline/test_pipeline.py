@@ -489,7 +489,7 @@ ROWS = "".join(
         (
             "missing data directory",
             "data/prepared/tweets",
-            "GLUE directory not found: ../nowhere/RTE",
+            "tasks.tweets.source: data file or directory not found: ../nowhere/RTE",  # link@tweets
         ),
         (
             "csv without label column",

@@ -128,7 +128,7 @@ def test_dvc_repro_accepts_the_skipped_outputs(tmp_path):
     """The real dvc.yaml entries of embed_post, probe_post and probe_cross (the upstream outputs
     they depend on are placeholders: a skipped instance never reads them)."""
     root = diverged_project(tmp_path / "p")
-    for name in ("stages", "src"):
+    for name in ("stages", "src", "treatments"):
         (root / name).symlink_to(REPO / name)
     spec = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
     wanted = ("embed_post", "probe_post", "probe_cross")
