@@ -44,6 +44,8 @@ def test_hub_dataset_gets_a_pin_file(project):
 
 
 def test_missing_data_names_the_key(project):
+    (project / "a.csv").write_text("text,label\nx,0\n")
+    link_source("mine", TaskConfig(source="csv:a.csv"))
     with pytest.raises(
         IsoprobeError, match=r"tasks\.mine\.source: data file or directory not found"
     ):

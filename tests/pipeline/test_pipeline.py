@@ -488,7 +488,7 @@ ROWS = "".join(
         ),
         (
             "missing data directory",
-            "data/prepared/tweets",
+            "data/sources/tweets",
             "tasks.tweets.source: data file or directory not found: ../nowhere/RTE",  # link@tweets
         ),
         (

@@ -42,7 +42,12 @@ def source_target(task: TaskConfig, key: str) -> Path | None:
 def link_source(name: str, task: TaskConfig) -> Path:
     """(Re)create `data/sources/<name>` for `task`, atomically; returns the link's path."""
     link = source_link(name)
-    target = source_target(task, f"tasks.{name}")
+    try:
+        target = source_target(task, f"tasks.{name}")
+    except IsoprobeError:
+        if link.is_symlink() or link.is_file():
+            link.unlink()  # no stale link left behind for a source that cannot be read
+        raise
     if link.exists() and not link.is_symlink() and link.is_dir():
         raise IsoprobeError(f"{link} is a folder, not a link isoprobe made: move it away")
     link.parent.mkdir(parents=True, exist_ok=True)
