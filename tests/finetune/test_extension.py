@@ -1,4 +1,4 @@
-"""User [CLS] treatments without editing isoprobe: the example of docs/treatments.md as a module of a
+"""User [CLS] treatments without editing isoprobe: README's "Add your own treatment" example as a module of a
 project's `treatments/` folder (validated in params.yaml like a built-in, built, logged), an installed
 package's entry point, clear errors; and end to end through `dvc repro` on a tiny BERT: fine-tuning,
 embed_post and the report's column."""
@@ -31,13 +31,14 @@ from isoprobe.core.treatments import (
 from isoprobe.finetune.heads import ClassifierHead, make_normalizer
 from isoprobe.finetune.outputs import flat_params
 
-DOC = (REPO / "docs" / "treatments.md").read_text(encoding="utf-8")
+README = (REPO / "README.md").read_text(encoding="utf-8")
+DOC = re.search(r"^## Add your own treatment\n(.*?)^## ", README, re.S | re.M).group(1)
 
 
 def doc_block(language: str) -> str:
-    """The first fenced `language` block of docs/treatments.md."""
+    """The first fenced `language` block of README's "Add your own treatment"."""
     found = re.search(rf"```{language}\n(.*?)```", DOC, re.S)
-    assert found, f"no {language} block in docs/treatments.md"
+    assert found, f"no {language} block in README's 'Add your own treatment'"
     return found.group(1)
 
 

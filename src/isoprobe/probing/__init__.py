@@ -3,5 +3,5 @@
 them on one encoder by layer (`layers`), the probe stages' work (`run`), their files (`outputs`) and
 figures (`plots`).
 
-Imports: `core`, `data`, `embed`, `isotropy`.
+Imports: `core`, `data`, `embed`.
 """
