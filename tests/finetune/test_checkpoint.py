@@ -22,8 +22,9 @@ from test_finetune import META, synthetic
 
 from conftest import REPO
 from isoprobe.core.config import TrainConfig
+from isoprobe.core.layout import checkpoint_dir
 from isoprobe.core.models import load_encoder, resolve_model
-from isoprobe.finetune.checkpoint import CHECKPOINT, MARKER, Checkpointer, checkpoint_dir
+from isoprobe.finetune.checkpoint import CHECKPOINT, MARKER, Checkpointer
 from isoprobe.finetune.classifier import EncoderClassifier
 from isoprobe.finetune.heads import ClassifierHead
 from isoprobe.finetune.loop import finetune, seed_everything

@@ -15,7 +15,8 @@ from test_checkpoint import CFG, SPLITS, build, finish, make_project, stage
 from test_finetune import META
 
 from isoprobe.core.io import json_safe
-from isoprobe.finetune.checkpoint import MARKER, Checkpointer, checkpoint_dir
+from isoprobe.core.layout import checkpoint_dir
+from isoprobe.finetune.checkpoint import MARKER, Checkpointer
 from isoprobe.finetune.loop import finetune, gradient_summary
 from isoprobe.finetune.outputs import STEP_COLUMNS, write_steps_csv
 

@@ -35,16 +35,20 @@ def test_pretrained_stages():
     iso = declared("isotropy")
     assert {str(layout.isotropy_metrics_file("T")), str(layout.isotropy_arrays_file("T")),
             str(layout.isotropy_plots_dir("T"))} <= iso  # fmt: skip
+    for kind in ("by_layer", "std_sorted"):
+        assert str(layout.isotropy_plot_csv("T", "pretrained", kind)) in iso
 
 
 def test_finetune_and_embed_post():
     ft = declared("finetune")
     assert {str(layout.model_dir("T", "M", 7)), str(layout.finetune_metrics_file("T", "M", 7)),
-            str(layout.finetune_plot_file("T", "M", 7))} <= ft  # fmt: skip
+            str(layout.finetune_plot_file("T", "M", 7)),
+            str(layout.checkpoint_dir("T", "M", 7))} <= ft  # fmt: skip
     encoder = layout.finetuned_encoder("M", 7)
     post = declared("embed_post")
     assert str(layout.embeddings_dir("T", encoder)) in post
     assert str(layout.isotropy_metrics_file("T", encoder)) in post
+    assert str(layout.isotropy_plot_csv("T", encoder, "by_layer")) in post
 
 
 def test_probe_stages():

@@ -42,6 +42,13 @@ def isotropy_plots_dir(task: str, encoder: str = "pretrained") -> Path:
     return Path("plots/isotropy") / task / encoder.replace("/", "_")
 
 
+def isotropy_plot_csv(task: str, encoder: str, kind: str) -> Path:
+    """plots/isotropy/<task>/<encoder>_<kind>.csv beside the plots folder (`by_layer`: every metric
+    by layer; `std_sorted`: the last layer's sorted per-dimension std)."""
+    folder = isotropy_plots_dir(task, encoder)
+    return folder.with_name(f"{folder.name}_{kind}.csv")
+
+
 def model_dir(task: str, method: str, seed: int) -> Path:
     return Path("models") / task / method / str(seed)
 
@@ -52,6 +59,11 @@ def finetune_metrics_file(task: str, method: str, seed: int) -> Path:
 
 def finetune_plot_file(task: str, method: str, seed: int) -> Path:
     return Path("plots/finetune") / task / method / f"{seed}.csv"
+
+
+def checkpoint_dir(task: str, method: str, seed: int) -> Path:
+    """A fine-tuning run's resume state (a persistent, uncached DVC out)."""
+    return Path("checkpoints") / task / method / str(seed)
 
 
 def finetuned_encoder(method: str, seed: int) -> str:

@@ -33,11 +33,6 @@ from isoprobe.core.io import atomic_dir, write_json
 CHECKPOINT, MARKER = "checkpoint.json", "state.json"
 
 
-def checkpoint_dir(task: str, method: str, seed: int) -> Path:
-    """Relative to the repository root, like isoprobe.core.layout."""
-    return Path("checkpoints") / task / method / str(seed)
-
-
 def fingerprint(identity: dict) -> str:
     """sha256 of what determines a run (flat params, data hash, model, processes)."""
     return hashlib.sha256(json.dumps(identity, sort_keys=True, default=str).encode()).hexdigest()

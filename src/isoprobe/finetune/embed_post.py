@@ -53,12 +53,6 @@ def run_embed_post(
     return report
 
 
-def by_layer_csv(task: str, encoder: str) -> Path:
-    """plots/isotropy/<task>/finetuned_<method>_<seed>_by_layer.csv (beside the plots folder)."""
-    plot_dir = layout.isotropy_plots_dir(task, encoder)
-    return plot_dir.with_name(plot_dir.name + "_by_layer.csv")
-
-
 def write_skipped(
     params: Params, task: str, method: str, seed: int, folder: Path, reason: str
 ) -> dict:
@@ -71,7 +65,7 @@ def write_skipped(
     context = skipped_record(STAGE, task, encoder, reason, method=method, seed=seed)
     with atomic_dir(layout.embeddings_dir(task, encoder)) as tmp:
         write_json(tmp / "info.json", {**context, "model": str(folder)})
-    with atomic_file(by_layer_csv(task, encoder)) as f:
+    with atomic_file(layout.isotropy_plot_csv(task, encoder, "by_layer")) as f:
         f.write("layer,isoscore\n")  # header only: `dvc plots show` draws nothing
     report = {**context, "model": params.model.name, "split": params.isotropy.split}
     write_json(layout.isotropy_metrics_file(task, encoder), report)
@@ -146,7 +140,7 @@ def measure_isotropy(
     }  # fmt: skip
     report = iso.report(result, **context)
     report["head_input"] = json_safe(normalized.metrics_)
-    iso.write_by_layer_csv(result, by_layer_csv(task, encoder))
+    iso.write_by_layer_csv(result, layout.isotropy_plot_csv(task, encoder, "by_layer"))
     return result, normalized, report
 
 

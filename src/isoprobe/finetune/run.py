@@ -98,7 +98,7 @@ def load_job(params: Params, task: str, method: str, seed: int) -> Job:
 
 def make_checkpointer(job: Job) -> Checkpointer:
     """The run's checkpoints, identified by its flat params, model revision, data and processes."""
-    from isoprobe.finetune.checkpoint import Checkpointer, checkpoint_dir
+    from isoprobe.finetune.checkpoint import Checkpointer
 
     ft = job.params.finetune
     identity = {
@@ -107,7 +107,7 @@ def make_checkpointer(job: Job) -> Checkpointer:
         "processes": job.accelerator.num_processes,
     }  # fmt: skip
     return Checkpointer(
-        checkpoint_dir(job.task, job.method, job.seed), identity,
+        layout.checkpoint_dir(job.task, job.method, job.seed), identity,
         every_steps=ft.checkpoint.every_steps, enabled=ft.checkpoint.enabled, main=job.main,
     )  # fmt: skip
 

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
+from isoprobe.core import layout
 from isoprobe.core.config import IsotropyConfig
 from isoprobe.core.io import atomic_dir, atomic_file, json_safe, write_safetensors
 from isoprobe.isotropy import plots
@@ -50,9 +51,12 @@ def write_arrays(result: LayerIsotropy, path: Path, metadata: dict[str, str]) ->
     )
 
 
-def write_plots(result: LayerIsotropy, plot_dir: Path, heatmap_dims: int, title: str) -> None:
-    """PNG figures into `plot_dir` (replaced whole) and two CSV data plots beside it:
-    `<plot_dir>_by_layer.csv` (every metric by layer) and `<plot_dir>_std_sorted.csv` (last layer)."""
+def write_plots(
+    result: LayerIsotropy, task: str, encoder: str, heatmap_dims: int, title: str
+) -> None:
+    """PNG figures into the isotropy plots folder of (task, encoder) (replaced whole) and two CSV
+    data plots beside it: every metric by layer and the last layer's sorted std (core.layout)."""
+    plot_dir = layout.isotropy_plots_dir(task, encoder)
     last, n_layers = result.last, len(result.fits)
     where = f"{title}, [CLS] layer {n_layers - 1} (n={int(last.metrics_['n_rows'])})"
     with atomic_dir(plot_dir) as tmp:
@@ -71,8 +75,8 @@ def write_plots(result: LayerIsotropy, plot_dir: Path, heatmap_dims: int, title:
         plots.metrics_by_layer(
             result.layers, tmp / "by_layer.png", f"[CLS] isotropy by layer: {title}"
         )
-    write_by_layer_csv(result, plot_dir.with_name(plot_dir.name + "_by_layer.csv"))
-    with atomic_file(plot_dir.with_name(plot_dir.name + "_std_sorted.csv")) as f:
+    write_by_layer_csv(result, layout.isotropy_plot_csv(task, encoder, "by_layer"))
+    with atomic_file(layout.isotropy_plot_csv(task, encoder, "std_sorted")) as f:
         w = csv.writer(f)
         w.writerow(["rank", "std"])
         for i, s in enumerate(np.sort(last.std_)[::-1], start=1):

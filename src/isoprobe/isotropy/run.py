@@ -57,7 +57,7 @@ def _write_files(params: Params, task: str, result: LayerIsotropy) -> tuple[dict
     cfg, model = params.isotropy, params.model.name
     context = {"task": task, "encoder": ENCODER, "model": model, "split": cfg.split}
     plot_dir = layout.isotropy_plots_dir(task, ENCODER)
-    iso.write_plots(result, plot_dir, cfg.heatmap_dims, f"{task}, {model}, {cfg.split}")
+    iso.write_plots(result, task, ENCODER, cfg.heatmap_dims, f"{task}, {model}, {cfg.split}")
     iso.write_arrays(result, layout.isotropy_arrays_file(task, ENCODER), context)
     return iso.report(result, **context), plot_dir
 
