@@ -2,13 +2,20 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
 
 from isoprobe.core.config import TrackingConfig
 from isoprobe.core.errors import IsoprobeError
-from isoprobe.core.tracking import check_store, find_repo_root, tracked_run, tracking_uri
+from isoprobe.core.tracking import (
+    INTERRUPTED_TAG,
+    check_store,
+    find_repo_root,
+    tracked_run,
+    tracking_uri,
+)
 
 
 def test_repo_root_of_a_queued_experiment_copy_is_the_original(tmp_path):
@@ -149,46 +156,105 @@ def break_logging(monkeypatch, terminate_too: bool = False) -> None:
         monkeypatch.setattr(MlflowClient, "set_terminated", fail)
 
 
-def test_logging_failure_mid_run_marks_the_run_failed(repo, monkeypatch):
-    with (
-        pytest.raises(IsoprobeError, match="failed mid-run.*marked FAILED.*tracking.required"),
-        tracked_run(TrackingConfig(), "isoprobe/demo", "x", root=repo) as run,
-    ):
-        run.log_metrics({"a": 1.0})
-        break_logging(monkeypatch)
-        run.log_metrics({"b": 2.0})
-        pytest.fail("not reached")
-    (r,) = runs(repo, "isoprobe/demo")
-    assert r.info.status == "FAILED" and r.data.metrics == {"a": 1.0}
+def isoprobe_lines(capsys) -> list[str]:
+    return [x for x in capsys.readouterr().err.splitlines() if x.startswith("isoprobe:")]
 
 
-def test_logging_failure_mid_run_not_required_goes_on_untracked(repo, monkeypatch, capsys):
+@pytest.mark.parametrize("required", [True, False])
+def test_logging_failure_mid_run_finishes_the_stage_untracked(repo, monkeypatch, capsys, required):
+    """The stage goes on (whatever tracking.required says), the run ends FAILED, and one warning
+    at the end counts what was not logged and says how to log the stage again."""
     done = []
-    with tracked_run(TrackingConfig(required=False), "isoprobe/demo", "x", root=repo) as run:
+    with tracked_run(TrackingConfig(required=required), "isoprobe/demo", "x", root=repo) as run:
         run.log_metrics({"a": 1.0})
+        run_id = run.run_id
         break_logging(monkeypatch)
         run.log_metrics({"b": 2.0})
         assert not run.enabled and run.run_id is None
-        run.log_artifact(repo / "x")  # no-op now
+        run.log_series([{"step": 0, "c": 1.0}])
+        run.log_artifact(repo / "x")
+        run.set_tags({"status": "ok"})
+        run.end("FINISHED")  # the fine-tuning stage ends its run itself
         done.append(True)
     assert done
     monkeypatch.undo()
     (r,) = runs(repo, "isoprobe/demo")
     assert r.info.status == "FAILED" and r.data.metrics == {"a": 1.0}
-    (line,) = [x for x in capsys.readouterr().err.splitlines() if x.startswith("isoprobe:")]
-    assert line.startswith("isoprobe: warning: tracking disabled: ") and "FAILED" in line
+    assert r.data.tags[INTERRUPTED_TAG].startswith("MlflowException: ")
+    (line,) = isoprobe_lines(capsys)
+    assert line.startswith("isoprobe: warning: tracking disabled: logging to the MLflow store ")
+    assert (
+        f"not logged to run {run_id}: metrics (2 calls), artifacts (1 call), tags (1 call), "
+        in line
+    )
+    assert "end status FINISHED" in line and f"run {run_id} is marked FAILED" in line
+    assert "disk I/O error" in line and "dvc repro -f -s isotropy@demo" in line
+    assert not (repo / ".isoprobe" / "unfinished_runs.jsonl").exists()
 
 
-def test_failure_to_end_the_run_is_a_clear_error(repo, monkeypatch):
+def test_stage_error_after_a_logging_failure_still_raises(repo, monkeypatch, capsys):
     with (
-        pytest.raises(IsoprobeError, match="could not be marked FAILED either"),
+        pytest.raises(RuntimeError, match="stage crashed"),
         tracked_run(TrackingConfig(), "isoprobe/demo", "x", root=repo) as run,
     ):
+        break_logging(monkeypatch)
+        run.log_params({"p": 1})
+        raise RuntimeError("stage crashed")
+    monkeypatch.undo()
+    (r,) = runs(repo, "isoprobe/demo")
+    assert r.info.status == "FAILED"
+    (line,) = isoprobe_lines(capsys)
+    assert ": params (1 call);" in line and "end status" not in line
+
+
+def test_run_that_cannot_be_ended_is_marked_failed_by_the_next_stage(repo, monkeypatch, capsys):
+    """Ending the run fails too: it is left in the pending file, and the next open of the store
+    marks it FAILED and forgets it."""
+    from isoprobe.core.io import read_jsonl
+
+    with tracked_run(TrackingConfig(), "isoprobe/demo", "x", root=repo) as run:
         run.log_metrics({"a": 1.0})
+        run_id, uri = run.run_id, run.uri
         break_logging(monkeypatch, terminate_too=True)
     monkeypatch.undo()
     (r,) = runs(repo, "isoprobe/demo")
     assert r.info.status == "RUNNING"  # never FINISHED
+    pending = repo / ".isoprobe" / "unfinished_runs.jsonl"
+    (row,) = read_jsonl(pending)
+    assert row["run_id"] == run_id and row["uri"] == uri and "disk I/O error" in row["reason"]
+    (line,) = isoprobe_lines(capsys)
+    assert "end status FINISHED" in line and "could not be marked FAILED either" in line
+    assert str(pending) in line
+
+    assert check_store(TrackingConfig(), "isoprobe/demo", root=repo)
+    (r,) = runs(repo, "isoprobe/demo")
+    assert r.info.status == "FAILED" and "disk I/O error" in r.data.tags[INTERRUPTED_TAG]
+    assert not pending.exists()
+    (line,) = isoprobe_lines(capsys)
+    assert line.startswith(f"isoprobe: MLflow run {run_id} in {uri}, left RUNNING")
+
+
+def test_pending_runs_of_another_store_are_kept(repo, capsys):
+    from isoprobe.core.io import read_jsonl
+    from isoprobe.core.tracking import pending_file, remember_unfinished
+
+    assert remember_unfinished(repo, "http://elsewhere:5000", "abc", "gone")
+    assert check_store(TrackingConfig(), "isoprobe/demo", root=repo)
+    assert [r["run_id"] for r in read_jsonl(pending_file(repo))] == ["abc"]
+
+
+def test_http_retry_budget_is_bounded_unless_set(monkeypatch):
+    from isoprobe.core.tracking import HTTP_RETRY_DEFAULTS, bound_http_retries
+
+    for name in HTTP_RETRY_DEFAULTS:
+        monkeypatch.setenv(name, "sentinel")
+        monkeypatch.delenv(name)  # unset now, restored as before after the test
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "300")
+    bound_http_retries()
+
+    assert os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] == "3"
+    assert os.environ["MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR"] == "1"
+    assert os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"] == "300"
 
 
 def test_resumed_run_keeps_its_status(repo):

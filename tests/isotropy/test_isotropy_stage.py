@@ -30,7 +30,7 @@ def params():
 
 def test_run_isotropy_writes_every_output(tmp_path, monkeypatch, params, capsys):
     monkeypatch.chdir(tmp_path)
-    cls = np.random.default_rng(0).normal(size=(3, 30, 8)).astype(np.float32)
+    cls = np.random.default_rng(0).normal(size=(3, 30, 12)).astype(np.float32)
     cls[0] = 1.0  # the embedding-layer [CLS]: one vector for every row, spread undefined
     emb = layout.embeddings_dir(TASK) / "train.safetensors"
     write_safetensors(emb, {"cls": cls}, {"max_length": "64", "dtype": "float32"})
@@ -46,7 +46,7 @@ def test_run_isotropy_writes_every_output(tmp_path, monkeypatch, params, capsys)
     assert {k: report[k] for k in expected} == expected
     with safe_open(str(layout.isotropy_arrays_file(TASK)), framework="numpy") as f:
         assert {k: f.get_tensor(k).shape for k in f.keys()} == {  # noqa: SIM118
-            "mean": (3, 8), "std": (3, 8), "eigenvalues": (3, 8),
+            "mean": (3, 12), "std": (3, 12), "eigenvalues": (3, 12),
         }  # fmt: skip
         assert f.metadata() == {"task": TASK, "encoder": "pretrained", "model": params.model.name,
                                 "split": "train"}  # fmt: skip
@@ -66,3 +66,12 @@ def test_run_isotropy_fails_before_any_output(tmp_path, monkeypatch, params):
     with pytest.raises(IsoprobeError, match="embedding file not found"):
         run_isotropy(params, TASK)
     assert not any(tmp_path.rglob("*"))
+
+
+def test_top_k_wider_than_the_vectors_is_refused_before_any_output(tmp_path, monkeypatch, params):
+    monkeypatch.chdir(tmp_path)
+    cls = np.random.default_rng(0).normal(size=(2, 30, 8)).astype(np.float32)  # top_k has 10
+    write_safetensors(layout.embeddings_dir(TASK) / "train.safetensors", {"cls": cls}, {})
+    with pytest.raises(IsoprobeError, match=r"isotropy.top_k: \[10\] more than the 8 dimensions"):
+        run_isotropy(params, TASK)
+    assert not Path("metrics").exists() and not Path("plots").exists()

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from isoprobe.core.config import ProbeConfig
+from isoprobe.core.errors import IsoprobeError
 from isoprobe.probing.layers import Reference, Split, probe_encoder, resolve_layers, subsample
 from isoprobe.probing.outputs import CSV_COLUMNS, probe_split, report, write_outputs
 
@@ -53,7 +54,9 @@ def untimed(layers: list[dict]) -> list[dict]:
 def test_resolve_layers_and_subsample():
     assert resolve_layers(None, 4) == [0, 1, 2, 3]
     assert resolve_layers([-1, 0, 3], 4) == [0, 3]
-    with pytest.raises(ValueError, match=r"probe\.layers: layer 4 out of range for 4 layers"):
+    with pytest.raises(
+        IsoprobeError, match=r"probe\.layers: layer 4 is out of range: the encoder has 4"
+    ):
         resolve_layers([4], 4)
     assert subsample(5, None, 0).tolist() == [0, 1, 2, 3, 4]
     a, b = subsample(100, 10, 3), subsample(100, 10, 3)

@@ -293,3 +293,30 @@ def test_gradient_and_isotropy_after_tables(built):
     assert float(rows["isobn", "last layer"][col]) == pytest.approx(0.25)  # median over seeds
     probe = next(tb for tb in tables if tb[0][0] == "layer" and "cka_to_pretrained" in tb[0])
     assert probe[1][0] == "0"
+
+
+def test_uncommitted_changes_means_code_or_params_not_outputs(tree, tmp_path):
+    """DVC rewrites metrics during every run, so only code and params make a tree "uncommitted"."""
+    import shutil
+    import subprocess
+
+    root = tmp_path / "repo"
+    shutil.copytree(tree, root)
+    (root / "params.yaml").write_text("seed: 0\n")
+    git = ["git", "-c", "user.name=t", "-c", "user.email=t@t", "-c", "commit.gpgsign=false"]
+    for args in (["init", "-q"], ["add", "-A"], ["commit", "-qm", "run"]):
+        subprocess.run([*git, *args], cwd=root, check=True, capture_output=True)
+    inp = ReportInputs(root=root, model="m", tasks=TASKS, finetune_tasks=TASKS, methods=METHODS,
+                       seeds=SEEDS, probe_tasks=[], token_tasks=[], hyper={})  # fmt: skip
+
+    def commit_row(out: Path) -> str:
+        rows = [r for t in parsed((out / "index.html").read_text()).tables for r in t]
+        return next(r[1] for r in rows if r and r[0] == "git commit")
+
+    metrics = next(p for p in (root / "metrics").rglob("*.json"))
+    metrics.write_text(metrics.read_text() + "\n")  # an output rewritten by the run
+    build(inp, tmp_path / "a")
+    assert "uncommitted" not in commit_row(tmp_path / "a")
+    (root / "params.yaml").write_text("seed: 1\n")
+    build(inp, tmp_path / "b")
+    assert "(uncommitted changes to code or params)" in commit_row(tmp_path / "b")

@@ -52,6 +52,9 @@ ROW_REASONS = (
     "leakage",  # a dev/test row whose text is also in train
 )
 Policy = Literal["drop", "fail"]
+# A seed of NumPy's legacy RNG, scikit-learn and torch alike (tasks derive seed + 1 ... seed + 4).
+SEED_MAX = 2**31 - 1
+Seed = Annotated[int, Field(ge=0, le=SEED_MAX)]
 
 
 class Strict(BaseModel):
@@ -75,6 +78,22 @@ class SplitFractions(Strict):
             raise ValueError(
                 f"dev + test must be < 1 to leave rows for train (got {self.dev} + {self.test})"
             )
+        return self
+
+
+class HfSplits(Strict):
+    """Which split of a Hugging Face dataset becomes train / dev / test; null: the default rule
+    (train; validation, dev, valid or validation_matched; test or test_matched)."""
+
+    train: str | None = Field(None, min_length=1)
+    dev: str | None = Field(None, min_length=1)
+    test: str | None = Field(None, min_length=1)
+
+    @model_validator(mode="after")
+    def _distinct(self) -> HfSplits:
+        named = [v for v in (self.train, self.dev, self.test) if v is not None]
+        if len(set(named)) != len(named):
+            raise ValueError(f"train, dev and test must name different splits (got {named})")
         return self
 
 
@@ -103,7 +122,8 @@ class TaskConfig(Strict):
     # (`default` for the reasons not named), e.g. {default: drop, leakage: fail}
     invalid_rows: Policy | dict[str, Policy] = "drop"
     metric: Literal["accuracy", "mcc", "f1", "correlation"] | None = None
-    seed: int = 0
+    hf_splits: HfSplits | None = None  # hf: sources only
+    seed: Seed = 0
 
     @field_validator("source")
     @classmethod
@@ -123,6 +143,34 @@ class TaskConfig(Strict):
             )
         return v
 
+    @field_validator("encoding")
+    @classmethod
+    def _known_encoding(cls, v: str) -> str:
+        import codecs
+
+        try:
+            codecs.lookup(v)
+        except LookupError:
+            raise ValueError(
+                f"unknown text encoding '{v}' (Python codec names: utf-8, latin-1, cp1252, ...)"
+            ) from None
+        return v
+
+    @field_validator("text_columns")
+    @classmethod
+    def _distinct_columns(cls, v: list[str] | None) -> list[str] | None:
+        if v is not None and len(set(v)) != len(v):
+            raise ValueError("text columns must be different columns")
+        return v
+
+    @model_validator(mode="after")
+    def _label_not_a_text_column(self) -> TaskConfig:
+        if self.label_column and self.text_columns and self.label_column in self.text_columns:
+            raise ValueError(
+                f"label_column '{self.label_column}' is also one of text_columns {self.text_columns}"
+            )
+        return self
+
     @field_validator("labels")
     @classmethod
     def _unique_labels(cls, v: list[str] | None) -> list[str] | None:
@@ -140,6 +188,12 @@ class TaskConfig(Strict):
                     f"unknown reason(s) {unknown}; allowed: default, {', '.join(ROW_REASONS)}"
                 )
         return v
+
+    @model_validator(mode="after")
+    def _hf_splits_for_hf(self) -> TaskConfig:
+        if self.hf_splits is not None and self.scheme != "hf":
+            raise ValueError(f"hf_splits applies to hf: sources only (source is '{self.source}')")
+        return self
 
     def policy(self, reason: str) -> str:
         """'drop' or 'fail' for one of ROW_REASONS."""
@@ -290,7 +344,7 @@ class FinetuneConfig(Strict):
     tasks: list[str] | None = Field(None, min_length=1)
     # registered treatments (isoprobe.core.treatments: the built-ins and any user treatment)
     methods: list[Method] = Field(default_factory=lambda: list(METHODS), min_length=1)
-    seeds: list[int] = Field(default_factory=lambda: [0, 1], min_length=1)
+    seeds: list[Seed] = Field(default_factory=lambda: [0, 1], min_length=1)
     # the program that runs stages/finetune.py (dvc.yaml's cmd): python, or a multi-process launcher
     launcher: str = Field("python", pattern=LAUNCHER)
     train: TrainConfig = TrainConfig()
@@ -367,14 +421,13 @@ class ProbeConfig(Strict):
     tasks: list[str] = Field(default_factory=list)
     token_tasks: list[str] = Field(default_factory=list)
     features: Literal["cls", "mean"] = "cls"  # sentence tasks; token tasks use word vectors
-    layers: list[int] | None = (
-        None  # null: every layer (0 = embeddings); negative counts from the end
-    )
+    # null: every layer (0 = embeddings); negative counts from the end
+    layers: list[int] | None = Field(None, min_length=1)
     linear: LinearProbeOptions = LinearProbeOptions()
     mlp: MLPProbeOptions = MLPProbeOptions()
     directprobe: DirectProbeOptions = DirectProbeOptions()
     num_threads: int = Field(1, ge=0)  # CPU threads of the probes; 0 = every usable core
-    seed: int = 0
+    seed: Seed = 0
 
     @field_validator("tasks", "token_tasks", "layers")
     @classmethod
@@ -387,8 +440,9 @@ class ProbeConfig(Strict):
 class TrackingConfig(Strict):
     enabled: bool = True
     uri: str | None = None
-    # an unusable store (bad URI, unwritable) stops the stage when true; when false the stage runs
-    # with tracking disabled and says so on stderr
+    # a store unusable when the stage starts (bad URI, unwritable, a server that does not answer)
+    # stops the stage when true; when false the stage runs untracked and says so on stderr. A store
+    # that fails mid-run never stops it: the outputs are finished and the warning says what was lost
     required: bool = True
 
 
@@ -397,7 +451,7 @@ class ReportConfig(Strict):
 
     alpha: float = Field(0.05, gt=0, lt=1)
     n_boot: int = Field(10000, ge=100)
-    seed: int = 0
+    seed: Seed = 0
 
 
 class Params(Strict):
@@ -494,6 +548,32 @@ def parse_params(data: Any, source: str = "params") -> Params:
         raise IsoprobeError(treatments.format_errors(err, source, "(top level)")) from None
 
 
+class UniqueKeyLoader(yaml.SafeLoader):
+    """yaml.SafeLoader that refuses a key given twice in one mapping (safe_load keeps the last
+    silently, so an edit could be ignored without a word)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
+        seen: set = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            if key in seen:
+                line = key_node.start_mark.line + 1
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"duplicate key '{key}' (line {line}): give each key once"
+                )
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
+def safe_load_unique(text: str) -> Any:
+    """yaml.safe_load, refusing duplicate keys."""
+    loader = UniqueKeyLoader(text)
+    try:
+        return loader.get_single_data()
+    finally:
+        loader.dispose()
+
+
 def load_params(path: str | Path = "params.yaml") -> Params:
     """Read and validate a params file (yaml.safe_load). The user treatments of the `treatments/`
     folder beside it are imported first, so `finetune.methods` may name them."""
@@ -501,7 +581,7 @@ def load_params(path: str | Path = "params.yaml") -> Params:
     if not path.is_file():
         raise IsoprobeError(f"params file not found: {path}")
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        data = safe_load_unique(path.read_text(encoding="utf-8"))
     except yaml.YAMLError as err:
         raise IsoprobeError(f"{path}: not valid YAML: {err}") from None
     treatments.load_user_treatments(path.resolve().parent)

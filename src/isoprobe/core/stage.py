@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import os
 import sys
 from collections.abc import Callable
@@ -54,10 +55,35 @@ def check_instance(args: argparse.Namespace, finetune) -> None:
         )
 
 
+FILE_SYSTEM_HINTS = {
+    errno.ENOSPC: "the disk is full: free space and rerun",
+    errno.EDQUOT: "the disk quota is used up: free space and rerun",
+    errno.EROFS: "the file system is read-only: run where the outputs can be written",
+    errno.EACCES: "no permission: make the output folders writable",
+    errno.EPERM: "no permission: make the output folders writable",
+    errno.EEXIST: "a file is where a folder goes: move it away",
+    errno.ENOTDIR: "a file is where a folder goes: move it away",
+    errno.EISDIR: "a folder is where a file goes: move it away",
+}
+
+
+def file_system_message(err: OSError) -> str:
+    """One line for an OSError of the file system: the path, what it said and what to do."""
+    paths = " -> ".join(str(p) for p in (err.filename, err.filename2) if p)
+    what = err.strerror or type(err).__name__
+    hint = FILE_SYSTEM_HINTS.get(err.errno, "check the path, free space and permissions")
+    return f"{paths or 'file system'}: {what}; {hint}"
+
+
 def run_stage(main: Callable[[], None]) -> None:
-    """Run `main`; an IsoprobeError becomes one message on stderr and exit code 2."""
+    """Run `main`; an IsoprobeError, or an OSError of the file system (disk full, read-only, a
+    file in the way), becomes one message on stderr and exit code 2. Outputs are written
+    atomically, so a failed stage leaves the previous version of each output or none."""
     try:
         main()
     except IsoprobeError as err:
         print(f"isoprobe: error: {err}", file=sys.stderr)
         sys.exit(err.exit_code)
+    except OSError as err:
+        print(f"isoprobe: error: {file_system_message(err)}", file=sys.stderr)
+        sys.exit(2)

@@ -48,9 +48,22 @@ class PreparedTask:
     meta: dict
 
 
-def _check_rows(raw: RawData, key: str, tally: Tally) -> None:
+def _labels_from_train(raw: RawData) -> bool:
+    """A classification task without a known label set takes the labels of its train split when it
+    has dev or test splits of its own: a dev/test label never seen in training cannot be learned,
+    so such rows count as `unknown_label`. Returns whether the label set was set here."""
+    if raw.label_names or raw.label_type != "classification" or raw.kind != "sentence":
+        return False
+    if "train" not in raw.splits or len(raw.splits) == 1:
+        return False
+    raw.label_names = sorted({r["label"] for r in raw.splits["train"] if r["label"] is not None})
+    return True
+
+
+def _check_rows(raw: RawData, key: str, tally: Tally, from_train: bool = False) -> None:
     """Drop (and count) rows with empty text, a missing label or a label outside the label set."""
     allowed = set(raw.label_names) if raw.label_names else None
+    label_set = "the train split's labels" if from_train else "the label set"
     for split, rows in raw.splits.items():
         kept = []
         for r in rows:
@@ -85,8 +98,8 @@ def _check_rows(raw: RawData, key: str, tally: Tally) -> None:
             elif allowed is not None and label not in allowed:
                 tally.add(
                     "unknown_label",
-                    f"{where}: label {label!r} in column '{raw.label_column}' is not in the label "
-                    f"set {raw.label_names}",
+                    f"{where}: label {label!r} in column '{raw.label_column}' is not in "
+                    f"{label_set} {raw.label_names}",
                 )
                 continue
             kept.append(r)
@@ -228,7 +241,7 @@ def prepare_task(raw: RawData, task: TaskConfig, name: str) -> PreparedTask:
     """Validate, dedupe, split and subsample `raw`; never drops a row without counting it."""
     key = f"tasks.{name}"
     tally = raw.tally
-    _check_rows(raw, key, tally)
+    _check_rows(raw, key, tally, from_train=_labels_from_train(raw))
     if task.dedupe and raw.kind == "sentence":
         raw.splits = {s: _dedupe(rows, raw.label_type, s, tally) for s, rows in raw.splits.items()}
     _enforce_policy(task, key, tally)
@@ -296,6 +309,8 @@ def prepare_task(raw: RawData, task: TaskConfig, name: str) -> PreparedTask:
         "source_files": [{"path": portable_path(p), "sha256": sha256_file(p)} for p in raw.files],
         "isoprobe_version": __version__,
     }
+    if raw.source_splits is not None:  # hf: which dataset split became which (null: carved)
+        meta["source_splits"] = {s: raw.source_splits.get(s) for s in SPLITS}
     return PreparedTask(final, meta)
 
 

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from isoprobe.core.errors import IsoprobeError
+from isoprobe.core.repo import portable_path
 
 
 @dataclass
@@ -44,6 +45,7 @@ class RawData:
         default_factory=lambda: Tally()
     )  # reader-level counts (fallback decoding, bad rows)
     metric: str | None = None  # the source's customary metric (GLUE: mcc for CoLA, f1 for MRPC/QQP)
+    source_splits: dict[str, str | None] | None = None  # hf: the dataset split each split came from
 
 
 def sha256_file(path: Path) -> str:
@@ -61,7 +63,7 @@ def read_lines(path: Path, encoding: str, fallback: str | None, tally: Tally) ->
     to as `undecodable` (the invalid-rows policy then decides whether that is fatal)."""
     if not path.is_file():
         raise IsoprobeError(f"data file not found: {path}")
-    out = []
+    out, where = [], portable_path(path)  # examples land in meta.json: no install location
     data = path.read_bytes().removeprefix(
         b"\xef\xbb\xbf"
     )  # a UTF-8 byte-order mark (Excel) is not text
@@ -75,11 +77,11 @@ def read_lines(path: Path, encoding: str, fallback: str | None, tally: Tally) ->
                 tally.bad_lines.setdefault(str(path), set()).add(i)
                 tally.examples.setdefault(
                     "undecodable",
-                    f"{path}:{i}: bytes not decodable as {encoding} ({err.reason} at byte {err.start})",
+                    f"{where}:{i}: bytes not decodable as {encoding} ({err.reason} at byte {err.start})",
                 )
                 continue
             out.append(raw.decode(fallback))
-            tally.add(f"decoded_with_{fallback}", f"{path}:{i}")
+            tally.add(f"decoded_with_{fallback}", f"{where}:{i}")
     if out and out[-1] == "":
         out.pop()
     return out

@@ -100,6 +100,11 @@ def table_rows(
 ) -> list[dict]:
     text_idx = require_columns(path, header, text_columns, f"{task_key}.text_columns")
     (label_idx,) = require_columns(path, header, [label_column], f"{task_key}.label_column")
+    if label_idx in text_idx:
+        raise IsoprobeError(
+            f"{task_key}.label_column: '{label_column}' is also a text column of {path.name} "
+            f"(text_columns {text_columns}); set {task_key}.label_column or text_columns"
+        )
     out = []
     for line, fields in rows:
         out.append(

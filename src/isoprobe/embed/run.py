@@ -26,7 +26,7 @@ def run_embed(params: Params, task: str, progress: bool = True) -> dict[str, dic
     offline_if_local(params.model.name)
     from isoprobe.core.device import pick_device
     from isoprobe.core.io import atomic_dir, write_json
-    from isoprobe.core.models import load_encoder, resolve_model
+    from isoprobe.core.models import check_lengths, load_encoder, resolve_model
     from isoprobe.data.prepare import load_meta, load_split
     from isoprobe.embed.extract import embed_splits
 
@@ -34,9 +34,10 @@ def run_embed(params: Params, task: str, progress: bool = True) -> dict[str, dic
     meta = load_meta(layout.prepared_dir(task))
     splits = {s: load_split(layout.prepared_dir(task), s) for s in layout.SPLITS}
     encoder, tokenizer, info = load_encoder(resolve_model(params.model.name, params.model.revision))
+    key, max_length = length_setting(cfg, meta["kind"])
+    check_lengths(params.model.name, encoder.config, tokenizer, {key: max_length})
     device = pick_device(cfg.device, cfg.num_threads)
     encoder.to(device)
-    max_length = cfg.word_max_length if meta["kind"] == "token" else cfg.max_length
     with atomic_dir(layout.embeddings_dir(task, ENCODER)) as tmp:
         stats = embed_splits(
             encoder, tokenizer, splits, tmp, kind=meta["kind"], batch_size=cfg.batch_size,
@@ -47,6 +48,13 @@ def run_embed(params: Params, task: str, progress: bool = True) -> dict[str, dic
             print(f"embed {task}/{split}: {s}")
         write_json(tmp / "info.json", embed_info(params, task, info, max_length, device, stats))
     return stats
+
+
+def length_setting(cfg, kind: str) -> tuple[str, int]:
+    """The params key and value of the max length the embed stage uses for a task of `kind`."""
+    if kind == "token":
+        return "embed.word_max_length", cfg.word_max_length
+    return "embed.max_length", cfg.max_length
 
 
 def embed_info(

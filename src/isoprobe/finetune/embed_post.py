@@ -46,9 +46,11 @@ def run_embed_post(
     embed_finetuned(params, task, encoder, folder, progress)
     result, head, report = measure_isotropy(params, task, method, seed)
     track(params, task, method, seed, result, report)
+    cls_iso, head_iso = report["isoscore"], report["head_input"]["isoscore"]  # None: undefined
     print(
         f"embed_post {task}/{method}-s{seed}: [CLS] layer {report['layer']} isoscore "
-        f"{report['isoscore']:.3f}, head input isoscore {head.metrics_['isoscore']:.3f}"
+        f"{'undefined' if cls_iso is None else f'{cls_iso:.3f}'}, head input isoscore "
+        f"{'undefined' if head_iso is None else f'{head_iso:.3f}'}"
     )
     return report
 
@@ -96,15 +98,18 @@ def embed_finetuned(params: Params, task: str, encoder: str, folder: Path, progr
     """data/embeddings/finetuned/<method>/<seed>/<task>/: every split and info.json."""
     from isoprobe.core.device import pick_device
     from isoprobe.core.io import atomic_dir, write_json
-    from isoprobe.core.models import load_encoder, resolve_model
+    from isoprobe.core.models import check_lengths, load_encoder, resolve_model
     from isoprobe.data.prepare import load_meta, load_split
     from isoprobe.embed.extract import embed_splits
     from isoprobe.finetune.classifier import load_head
+    from isoprobe.isotropy.outputs import check_top_k
 
     cfg = params.embed
     meta = load_meta(layout.prepared_dir(task))
     splits = {s: load_split(layout.prepared_dir(task), s) for s in layout.SPLITS}
     model, tokenizer, _ = load_encoder(resolve_model(str(folder)))
+    check_lengths(str(folder), model.config, tokenizer, {"embed.max_length": cfg.max_length})
+    check_top_k(params.isotropy, model.config.hidden_size)  # before any output is written
     head, head_cfg = load_head(folder)
     device = pick_device(cfg.device, cfg.num_threads)
     model.to(device)

@@ -73,7 +73,7 @@ def run_finetune(
 
 def load_job(params: Params, task: str, method: str, seed: int) -> Job:
     """Prepared splits, the accelerator and the classifier, its head initialised under the seed."""
-    from isoprobe.core.models import load_encoder, resolve_model
+    from isoprobe.core.models import check_lengths, load_encoder, resolve_model
     from isoprobe.data.prepare import load_meta, load_split
     from isoprobe.finetune.classifier import EncoderClassifier, check_pooling
     from isoprobe.finetune.heads import ClassifierHead
@@ -86,6 +86,8 @@ def load_job(params: Params, task: str, method: str, seed: int) -> Job:
     accelerator = make_accelerator(cfg)
     seed_everything(seed)  # the head's initialisation is part of the seeded run
     encoder, tokenizer, info = load_encoder(resolve_model(params.model.name, params.model.revision))
+    lengths = {"finetune.train.max_length": cfg.max_length}
+    check_lengths(params.model.name, encoder.config, tokenizer, lengths)
     check_pooling(cfg.pooling, info)
     options = params.finetune.heads.options(method)
     outputs = 1 if meta["label_type"] == "regression" else meta["num_labels"]

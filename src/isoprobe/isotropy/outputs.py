@@ -11,6 +11,7 @@ import numpy as np
 
 from isoprobe.core import layout
 from isoprobe.core.config import IsotropyConfig
+from isoprobe.core.errors import IsoprobeError
 from isoprobe.core.io import atomic_dir, atomic_file, json_safe, write_safetensors
 from isoprobe.isotropy import plots
 from isoprobe.isotropy.metrics import Isotropy
@@ -26,8 +27,20 @@ class LayerIsotropy:
         return self.fits[-1]
 
 
+def check_top_k(cfg: IsotropyConfig, hidden: int) -> None:
+    """`isotropy.top_k` must fit the vectors' H dimensions (a share of the top 1000 of 384 is no
+    measurement)."""
+    too_big = [k for k in cfg.top_k if k > hidden]
+    if too_big:
+        raise IsoprobeError(
+            f"isotropy.top_k: {too_big} more than the {hidden} dimensions of the model's vectors; "
+            f"use values up to {hidden}"
+        )
+
+
 def isotropy_by_layer(cls: np.ndarray, cfg: IsotropyConfig) -> LayerIsotropy:
     """Fit `Isotropy` on every layer of `cls` [L+1, N, H]; undefined metrics (NaN) become None."""
+    check_top_k(cfg, cls.shape[-1])
     fits = [Isotropy(cfg.top_k, cfg.corr_threshold).fit(cls[i]) for i in range(cls.shape[0])]
     return LayerIsotropy(fits, [{"layer": i, **json_safe(f.metrics_)} for i, f in enumerate(fits)])
 

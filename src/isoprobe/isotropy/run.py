@@ -16,6 +16,7 @@ if TYPE_CHECKING:
     from isoprobe.isotropy.outputs import LayerIsotropy
 
 ENCODER = "pretrained"
+SHOWN = ("isoscore", "mean_cosine", "centring_ratio", "std_cv")  # printed when the stage ends
 
 
 def run_isotropy(params: Params, task: str) -> dict:
@@ -30,10 +31,11 @@ def run_isotropy(params: Params, task: str) -> dict:
     metrics_path = layout.isotropy_metrics_file(task, ENCODER)
     logged = mlflow_params(params, task, cls, emb_meta)
     _track(params, task, logged, result, report, plot_dir, metrics_path)
+    shown = {k: "undefined" if report[k] is None else f"{report[k]:.3f}" for k in SHOWN}
     print(
-        f"isotropy {task}: layer {report['layer']}: isoscore {report['isoscore']:.3f}, "
-        f"mean cosine {report['mean_cosine']:.3f}, centring {report['centring_ratio']:.3f}, "
-        f"std CV {report['std_cv']:.3f} -> {metrics_path}"
+        f"isotropy {task}: layer {report['layer']}: isoscore {shown['isoscore']}, "
+        f"mean cosine {shown['mean_cosine']}, centring {shown['centring_ratio']}, "
+        f"std CV {shown['std_cv']} -> {metrics_path}"
     )
     return report
 

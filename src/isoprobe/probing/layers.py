@@ -22,6 +22,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from isoprobe.core.config import ProbeConfig
+from isoprobe.core.errors import IsoprobeError
 from isoprobe.core.layout import SPLITS
 from isoprobe.probing.classifiers import LinearProbe, MLPProbe
 from isoprobe.probing.directprobe import DirectProbe
@@ -72,8 +73,9 @@ def resolve_layers(requested: list[int] | None, n_layers: int) -> list[int]:
     out = []
     for layer in requested:
         if not -n_layers <= layer < n_layers:
-            raise ValueError(
-                f"probe.layers: layer {layer} out of range for {n_layers} layers (0..{n_layers - 1})"
+            raise IsoprobeError(
+                f"probe.layers: layer {layer} is out of range: the encoder has {n_layers} layers "
+                f"(0 = embeddings ... {n_layers - 1}; -1 = the last, down to -{n_layers})"
             )
         out.append(layer % n_layers)
     return sorted(set(out))

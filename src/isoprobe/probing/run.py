@@ -259,12 +259,14 @@ def embed_words(
     """Word vectors of a token task's splits through the encoder in `folder` (a fine-tuned model),
     in memory, with the embed section's batch size, word_max_length and device."""
     from isoprobe.core.device import pick_device
-    from isoprobe.core.models import load_encoder, resolve_model
+    from isoprobe.core.models import check_lengths, load_encoder, resolve_model
     from isoprobe.embed.extract import encode_rows
     from isoprobe.probing.outputs import probe_split, words_cut
 
     cfg = params.embed
     encoder, tokenizer, _ = load_encoder(resolve_model(str(folder)))
+    lengths = {"embed.word_max_length": cfg.word_max_length}
+    check_lengths(str(folder), encoder.config, tokenizer, lengths)
     device = pick_device(cfg.device, cfg.num_threads)
     encoder.to(device)
     data, cut = {}, {}

@@ -48,6 +48,8 @@ from isoprobe.reporting.stats import finite, finite_median
 
 __all__ = ["Report", "ReportInputs", "build"]
 
+# What the report's "uncommitted changes" looks at: the code and params a run depends on.
+CODE_AND_PARAMS = ("src", "stages", "treatments", "dvc.yaml", "params.yaml", "pyproject.toml")
 PACKAGES = ["isoprobe", "torch", "transformers", "accelerate", "dvc", "mlflow", "numpy", "scipy",
             "scikit-learn", "highspy", "safetensors"]  # fmt: skip
 
@@ -162,10 +164,14 @@ class Report:
                     f"methods {', '.join(inp.methods)}, seeds {', '.join(map(str, inp.seeds))}.", ""]  # fmt: skip
 
     def _provenance(self, commit: str | None) -> list[list]:
-        """The git commit (and whether the tree has changes), the fine-tuning devices, versions."""
-        dirty = git(self.root, "status", "--porcelain", "--untracked-files=no")
+        """The git commit (and whether its code or params have changes), the fine-tuning devices,
+        versions. Outputs are left out of the check: DVC rewrites them during every run."""
+        dirty = git(
+            self.root, "status", "--porcelain", "--untracked-files=no", "--", *CODE_AND_PARAMS
+        )
         devices = sorted({r.device for r in self.run.finetune_runs() if r.device})
-        rows = [["git commit", (commit or "unknown") + (" (uncommitted changes)" if dirty else "")],
+        mark = " (uncommitted changes to code or params)" if dirty else ""
+        rows = [["git commit", (commit or "unknown") + mark],
                 ["fine-tuning device", ", ".join(devices) or "unknown"]]  # fmt: skip
         return rows + [[f"package {k}", v] for k, v in _versions().items()]
 
