@@ -192,7 +192,7 @@ def test_team_setup_stage_logs_through_the_server(server, tmp_path):
 
     (tmp_path / ".dvc").mkdir()
     write_params(tmp_path, small_params())
-    cls = np.random.default_rng(0).normal(size=(3, 30, 8)).astype(np.float32)
+    cls = np.random.default_rng(0).normal(size=(3, 30, 12)).astype(np.float32)
     emb = tmp_path / layout.embeddings_dir("tweets") / "train.safetensors"
     write_safetensors(emb, {"cls": cls}, {"max_length": "64", "dtype": "float32"})
     env = {**clean_env(), "MLFLOW_TRACKING_URI": server.uri, "DVC_STAGE": "isotropy@tweets"}
