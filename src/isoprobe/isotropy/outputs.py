@@ -13,7 +13,6 @@ from isoprobe.core import layout
 from isoprobe.core.config import IsotropyConfig
 from isoprobe.core.errors import IsoprobeError
 from isoprobe.core.io import atomic_dir, atomic_file, json_safe, write_safetensors
-from isoprobe.isotropy import plots
 from isoprobe.isotropy.metrics import Isotropy
 
 
@@ -69,6 +68,8 @@ def write_plots(
 ) -> None:
     """PNG figures into the isotropy plots folder of (task, encoder) (replaced whole) and two CSV
     data plots beside it: every metric by layer and the last layer's sorted std (core.layout)."""
+    from isoprobe.isotropy import plots  # matplotlib: only where figures are drawn
+
     plot_dir = layout.isotropy_plots_dir(task, encoder)
     last, n_layers = result.last, len(result.fits)
     where = f"{title}, [CLS] layer {n_layers - 1} (n={int(last.metrics_['n_rows'])})"
