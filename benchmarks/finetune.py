@@ -90,7 +90,7 @@ def build_model(method: str, num_labels: int, cfg: TrainConfig, seed: int) -> En
     seed_everything(seed)
     encoder, _, info = load_encoder(resolve_model(MODEL))
     head = ClassifierHead(
-        method, info["hidden_size"], num_labels, cfg.dropout, HeadsConfig().options(method)
+        method, info["hidden_size"], num_labels, cfg.dropout, HeadsConfig({}).options(method)
     )
     return EncoderClassifier(encoder, head, cfg.pooling)
 
@@ -488,6 +488,23 @@ def measure(
     return result
 
 
+def train_config(batch_size: int, max_length: int, device: str, threads: int) -> TrainConfig:
+    """The hyper-parameters both sides train with (1 epoch; the pipeline's defaults otherwise)."""
+    return TrainConfig(
+        lr=1e-4,
+        batch_size=batch_size,
+        epochs=1,
+        max_length=max_length,
+        weight_decay=0.01,
+        warmup_ratio=0.06,
+        grad_clip=1.0,
+        dropout=0.1,
+        pooling="cls",
+        device=device,
+        num_threads=threads,
+    )
+
+
 def main() -> None:
     p = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -510,19 +527,7 @@ def main() -> None:
     except IsoprobeError as err:
         raise SystemExit(str(err)) from None
     threads = torch.get_num_threads()
-    cfg = TrainConfig(
-        lr=1e-4,
-        batch_size=args.batch_size,
-        epochs=1,
-        max_length=args.max_length,
-        weight_decay=0.01,
-        warmup_ratio=0.06,
-        grad_clip=1.0,
-        dropout=0.1,
-        pooling="cls",
-        device=args.device,
-        num_threads=threads,
-    )
+    cfg = train_config(args.batch_size, args.max_length, args.device, threads)
     fused = fused_adamw(cfg)
     from transformers.utils import logging as hf_logging
 
