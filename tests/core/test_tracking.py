@@ -11,6 +11,7 @@ from isoprobe.core.config import TrackingConfig
 from isoprobe.core.errors import IsoprobeError
 from isoprobe.core.tracking import (
     INTERRUPTED_TAG,
+    _cause,
     check_store,
     find_repo_root,
     tracked_run,
@@ -27,6 +28,12 @@ def test_repo_root_of_a_queued_experiment_copy_is_the_original(tmp_path):
     sub = tmp_path / "src" / "x"
     sub.mkdir(parents=True)
     assert find_repo_root(sub) == tmp_path
+
+
+def test_tracking_quotes_an_error_on_one_line_cut_at_200_characters():
+    assert (
+        _cause(ConnectionError("refused\n" + "z" * 400)) == "ConnectionError: refused " + "z" * 192
+    )
 
 
 def test_uri_precedence(tmp_path, monkeypatch):

@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import http.server
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -261,3 +262,125 @@ def test_server_stopped_mid_run(server, project, capsys):
         f"isoprobe: MLflow run {run_id} in {server.uri}, left RUNNING when logging failed "
         f"({got.data.tags[INTERRUPTED_TAG]}), is now marked FAILED"
     ]
+
+
+def run_ids(db: Path) -> dict[str, str]:
+    """{run id: status} of every run in the server's SQLite backend, read directly (read-only)."""
+    import sqlite3
+
+    if not db.is_file():
+        return {}
+    con = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5)
+    try:
+        return dict(con.execute("SELECT run_uuid, status FROM runs"))
+    except sqlite3.OperationalError:  # the tables are not there yet, or busy past the timeout
+        return {}
+    finally:
+        con.close()
+
+
+STAGE_LAYERS = 500  # one logging call per layer: the run stays open for seconds, not milliseconds
+
+
+def test_server_stopped_while_a_stage_runs(server, project):
+    """`stages/isotropy.py` as a subprocess against the server, which is stopped as soon as the
+    stage's run appears RUNNING in its backend (the stage is then logging one layer at a time): the
+    stage exits 0 with all its DVC outputs, one warning names what was not logged, and the same
+    stage run again once the server is back marks the interrupted run FAILED."""
+    from mlflow.tracking import MlflowClient
+
+    write_params(project, small_params())
+    n_rows, dim = 30, 12
+    cls = np.random.default_rng(1).normal(size=(STAGE_LAYERS, n_rows, dim)).astype(np.float32)
+    emb = project / layout.embeddings_dir("tweets") / "train.safetensors"
+    write_safetensors(emb, {"cls": cls}, {"max_length": "64", "dtype": "float32"})
+    env = {**clean_env(), "MLFLOW_TRACKING_URI": server.uri, "DVC_STAGE": "isotropy@tweets"}
+    cmd = [
+        sys.executable,
+        str(REPO / "stages" / "isotropy.py"),
+        "tweets",
+        "--params",
+        "params.yaml",
+    ]
+    db = server.folder / "mlflow.db"
+    before = set(run_ids(db))
+
+    # no HTTP retries once the server is gone (a user setting; the bounded default retries cost
+    # ~12 s here and are covered by test_server_stopped_mid_run)
+    first_env = {**env, "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0"}
+    stage = subprocess.Popen(
+        cmd, cwd=project, env=first_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    try:
+        deadline = time.monotonic() + 120
+        new: dict[str, str] = {}
+        while not new and stage.poll() is None and time.monotonic() < deadline:
+            new = {k: v for k, v in run_ids(db).items() if k not in before}
+            time.sleep(0.02)
+        assert new, f"the stage's run never appeared (stage exit {stage.poll()})"
+        ((run_id, status),) = new.items()
+        assert status == "RUNNING", f"the stage ended its run ({status}) before the server stopped"
+        server.stop()
+        out, err = stage.communicate(timeout=120)
+    finally:
+        if stage.poll() is None:
+            stage.kill()
+            stage.wait()
+        if server.proc is None:
+            server.start()  # for the tests after this one, whatever happened here
+    assert stage.returncode == 0, err[-3000:]
+
+    # every DVC output of isotropy@tweets, complete
+    report = read_json(project / layout.isotropy_metrics_file("tweets"))
+    assert len(report["layers"]) == STAGE_LAYERS and report["layer"] == STAGE_LAYERS - 1
+    assert report["mlflow_run_id"] is None  # the run holds only part of it: no link to it
+    assert (project / layout.isotropy_arrays_file("tweets")).stat().st_size > 0
+    plots = project / layout.isotropy_plots_dir("tweets")
+    assert {p.name for p in plots.iterdir()} == {
+        "std_hist.png", "std_sorted.png", "corr_heatmap.png", "abs_mean.png", "by_layer.png",
+    }  # fmt: skip
+    by_layer = project / layout.isotropy_plot_csv("tweets", "pretrained", "by_layer")
+    assert len(by_layer.read_text().splitlines()) == STAGE_LAYERS + 1
+    assert f"isotropy tweets: layer {STAGE_LAYERS - 1}: isoscore" in out
+
+    # one warning: what was not logged (the layers after the failing call, the plots and the
+    # metrics JSON, the FINISHED status), and where the run waits to be marked FAILED
+    (line,) = [x for x in err.splitlines() if x.startswith("isoprobe:")]
+    assert line.startswith(
+        f"isoprobe: warning: tracking disabled: logging to the MLflow store {server.uri} failed "
+        "mid-run ("
+    )
+    lost = re.search(
+        rf"; not logged to run {run_id}: (params \(1 call\), )?metrics \((\d+) calls?\), "
+        r"artifacts \(2 calls\), end status FINISHED; ",
+        line,
+    )
+    assert lost, line
+    calls = int(lost.group(2))  # from the failing call (counted) to the last layer
+    assert calls == STAGE_LAYERS if lost.group(1) else 0 < calls <= STAGE_LAYERS, line
+    assert "could not be marked FAILED either" in line
+    assert line.endswith("dvc repro -f -s isotropy@tweets")
+    pending = pending_file(project)
+    assert [r["run_id"] for r in read_jsonl(pending)] == [run_id]
+
+    # the server is back (started in `finally`): the next stage (here the same one, on 3 layers to
+    # be quick) marks the run FAILED, then logs its own run
+    write_safetensors(emb, {"cls": cls[-3:]}, {"max_length": "64", "dtype": "float32"})
+    again = subprocess.run(cmd, cwd=project, env=env, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert [x for x in again.stderr.splitlines() if x.startswith("isoprobe:")] == [
+        f"isoprobe: MLflow run {run_id} in {server.uri}, left RUNNING when logging failed "
+        f"({warning_cause(line)}), is now marked FAILED"
+    ]
+    assert not pending.exists()
+    client = MlflowClient(tracking_uri=server.uri)
+    got = client.get_run(run_id)
+    assert got.info.status == "FAILED" and INTERRUPTED_TAG in got.data.tags
+    assert len(client.get_metric_history(run_id, "isoscore")) == STAGE_LAYERS - calls
+    rerun = read_json(project / layout.isotropy_metrics_file("tweets"))["mlflow_run_id"]
+    assert rerun not in (None, run_id) and client.get_run(rerun).info.status == "FINISHED"
+
+
+def warning_cause(warning: str) -> str:
+    """The cause quoted in the mid-run warning: `failed mid-run (<cause>); not logged ...`."""
+    return warning.split("failed mid-run (", 1)[1].split("); not logged to run", 1)[0]

@@ -5,6 +5,7 @@ key or file and what is allowed, exit code 2, no traceback, and no output file o
 from __future__ import annotations
 
 import copy
+import json
 import subprocess
 import sys
 from collections.abc import Callable
@@ -570,6 +571,30 @@ def _wider(config: str) -> str:
     )
 
 
+def _no_leading_special_token(model: Path) -> None:
+    """tokenizer.json without its post-processor, loaded as a generic fast tokenizer (the
+    BertTokenizer class of transformers 5 would rebuild its [CLS] ... [SEP] post-processor): the
+    text starts at position 0, where the [CLS] vector is read."""
+    spec = json.loads((model / "tokenizer.json").read_text())
+    spec["post_processor"] = None
+    (model / "tokenizer.json").write_text(json.dumps(spec))
+    config = json.loads((model / "tokenizer_config.json").read_text())
+    config["tokenizer_class"] = "PreTrainedTokenizerFast"
+    (model / "tokenizer_config.json").write_text(json.dumps(config))
+
+
+def _mean_pooling_everywhere(params: dict) -> None:
+    _set("finetune.train.pooling", "mean")(params)
+    _set("probe.features", "mean")(params)
+
+
+NO_LEADING_SPECIAL = [
+    "model.name: the tokenizer of",
+    "adds no special token before the text",
+    "word 'the'",
+    "use a model whose tokenizer adds a leading [CLS] or <s> token",
+]
+
 # name: (change to the model folder, params edit, stage, expected message parts)
 MODEL_CASES = {
     "no tokenizer files": (
@@ -609,6 +634,20 @@ MODEL_CASES = {
         None,
         "embed",
         ["model.name: cannot load", "frob"],
+    ),
+    "tokenizer adds no leading special token": (
+        _no_leading_special_token,
+        None,
+        "embed",
+        NO_LEADING_SPECIAL,
+    ),
+    # the embed stage stores the [CLS] vectors and the isotropy stage measures them whatever the
+    # pooling, so mean pooling everywhere is no way around it
+    "tokenizer adds no leading special token, mean pooling": (
+        _no_leading_special_token,
+        _mean_pooling_everywhere,
+        "embed",
+        [*NO_LEADING_SPECIAL, "pooling: mean does not avoid this"],
     ),
     "probe layer past the last": (
         None,

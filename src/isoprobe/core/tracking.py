@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from isoprobe.core.config import TrackingConfig
-from isoprobe.core.errors import IsoprobeError
+from isoprobe.core.errors import IsoprobeError, describe_error
 from isoprobe.core.repo import find_repo_root, git_commit
 
 T = TypeVar("T")
@@ -70,7 +70,8 @@ def warn(message: str) -> None:
 
 
 def _cause(err: BaseException) -> str:
-    return f"{type(err).__name__}: {' '.join(str(err).split())[:200]}"
+    """`err` quoted in a tracking error or warning (its message cut to 200 characters)."""
+    return describe_error(err, limit=200)
 
 
 def retry(fn: Callable[[], T], attempts: int = RETRIES) -> T:
