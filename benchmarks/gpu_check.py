@@ -63,6 +63,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import datetime as dt
+import importlib.util
 import json
 import math
 import os
@@ -406,12 +407,15 @@ def section_tests(ctx: dict, s: dict) -> dict:
         str(p.relative_to(ROOT))
         for p in (ROOT / "tests").rglob("test_*.py")
         if "cuda" in p.read_text(encoding="utf-8", errors="replace").lower()
+        and p.parent.name != "benchmarks"  # this check's own tests
     )
     if not files:
         raise RuntimeError("no test file mentions CUDA")
     plugin = CudaOnly()
     os.chdir(ROOT)
     args = [*files, "-q", "-rA", "-p", "no:cacheprovider", *s.get("pytest_args", [])]
+    if importlib.util.find_spec("xdist") is not None:
+        args += ["-n", "0"]  # in this process: pyproject's `-n auto` would start a worker per core
     with contextlib.redirect_stdout(sys.stderr):
         code = pytest.main(args, plugins=[plugin])
     counts = {k: sum(v == k for v in plugin.outcomes.values())

@@ -321,3 +321,61 @@ def test_time_limit_makes_a_pair_undecided_and_directprobe_counts_it(monkeypatch
     probe = DirectProbe().fit(X, y)
     assert probe.stats_.undecided >= 1 and probe.stats_.undecided == probe.stats_.lp_calls
     assert probe.n_clusters_ > 2
+
+
+# ---------------------------------------------------------------- maximality (independent check)
+
+
+def _hulls_meet(P: np.ndarray, Q: np.ndarray) -> bool:
+    """Do hull(P) and hull(Q) share a point? Feasibility of P'lam = Q'mu with lam, mu >= 0 each
+    summing to 1, by scipy's linprog (independent of isoprobe's own LP and active-set code)."""
+    from scipy.optimize import linprog
+
+    n, m = len(P), len(Q)
+    A_eq = np.vstack(
+        [
+            np.hstack([P.T, -Q.T]),
+            np.r_[np.ones(n), np.zeros(m)][None],
+            np.r_[np.zeros(n), np.ones(m)][None],
+        ]
+    )
+    b_eq = np.r_[np.zeros(P.shape[1]), 1.0, 1.0]
+    res = linprog(np.zeros(n + m), A_eq=A_eq, b_eq=b_eq, bounds=(0, None), method="highs")
+    assert res.status in (0, 2), res.message  # 0: a common point, 2: infeasible (disjoint)
+    return res.status == 0
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_final_clustering_is_separable_and_maximal(seed):
+    """The definition's end state, checked by brute force on a non-separable set: the clusters
+    partition the rows, each has one label, every two clusters of different labels have disjoint
+    hulls, and no two clusters of one label can merge without their merged hull meeting the hull
+    of a cluster of another label."""
+    rng = np.random.default_rng(20 + seed)
+    X = rng.normal(size=(70, 3))
+    y = ((X[:, 0] * X[:, 1] > 0).astype(int) + (X[:, 2] > 0.8)) % 3
+    probe = DirectProbe().fit(X, y)
+    clusters, labels = probe.clusters_, probe.cluster_labels_
+    assert probe.stats_.refused > 0 and probe.n_clusters_ > len(np.unique(y))  # not separable
+    assert sorted(np.concatenate(clusters).tolist()) == list(range(len(X)))
+    codes = np.unique(y, return_inverse=True)[1]
+    assert all((codes[c] == lab).all() for c, lab in zip(clusters, labels, strict=True))
+    k = len(clusters)
+    for i in range(k):
+        for j in range(i + 1, k):
+            if labels[i] != labels[j]:
+                assert not _hulls_meet(X[clusters[i]], X[clusters[j]]), (i, j)
+            else:
+                merged = X[np.r_[clusters[i], clusters[j]]]
+                others = [c for c, lab in zip(clusters, labels, strict=True) if lab != labels[i]]
+                assert any(_hulls_meet(merged, X[c]) for c in others), f"{i} and {j} could merge"
+
+
+def test_maximality_check_catches_an_unfinished_clustering():
+    """The brute-force check itself: splitting a final cluster in two leaves a mergeable pair."""
+    X = np.vstack([SQUARE, SQUARE + [3.0, 0.0]])
+    y = np.repeat([0, 1], 4)
+    parts = [X[:2], X[2:4]]  # label 0 split in two
+    assert not _hulls_meet(np.vstack(parts), X[4:])  # so they could merge: not maximal
+    assert _hulls_meet(X[[0, 3]], X[[1, 2]])  # the square's diagonals cross
+    assert DirectProbe().fit(X, y).n_clusters_ == 2
