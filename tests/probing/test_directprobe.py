@@ -262,6 +262,67 @@ def test_pruned_prediction_equals_brute_force(seed):
     assert (hulls.nearest_hulls(X, [sets[0], sets[0].copy()]) == 0).all()
 
 
+@pytest.mark.parametrize("seed", range(3))
+def test_point_bounds_bracket_the_distance(seed):
+    """The lean point-to-hull solver's bounds hold (the QP's distance between them), meet at the
+    optimum, and stop early once the lower bound passes `stop`; a point inside gets 0."""
+    rng = np.random.default_rng(seed)
+    d, m = 30, 20 + 10 * seed  # high dimension, a simplex-like hull as in [CLS] space
+    P = rng.normal(size=(m, d))
+    c, s, zp = hulls._own_frame(P)
+    for x in rng.normal(size=(5, d)) * 2:
+        zx = (x - c) / s
+        exact = hulls._hull_distance_qp(zp, zx[None], 1e-10)
+        up, low = hulls._point_bounds(zp, zx, np.inf)
+        assert low - 1e-9 <= exact <= up + 1e-9
+        assert up - low < 1e-6
+        up, low = hulls._point_bounds(zp, zx, 0.5 * exact)  # stops once ruled out
+        assert low - 1e-9 <= exact <= up + 1e-9 and low > 0.5 * exact
+    inside = rng.dirichlet(np.ones(m)) @ zp
+    assert hulls._point_bounds(zp, inside, np.inf) == (0.0, 0.0)
+
+
+def test_first_bounds_hold_and_directions_make_them_tight():
+    """In the plane, 720 directions bound a far hull's distance to within 0.01 %; no bound may
+    cross the exact distance."""
+    rng = np.random.default_rng(7)
+    sets = [rng.normal(size=(12, 2)) + off for off in ([0, 0], [6, 0], [0, 6])]
+    X = rng.normal(size=(30, 2)) * 4 + 12
+    angles = np.linspace(0, np.pi, 720, endpoint=False)
+    W = np.stack([np.cos(angles), np.sin(angles)], 1) * 3.0  # any length: made unit
+    exact = np.stack([hulls.point_hull_distances(X, P) for P in sets], 1)
+    frames = [hulls._own_frame(P) for P in sets]
+    upper, lower = hulls._first_bounds(X, sets, frames, hulls._unit_rows(W, 2))
+    assert (lower <= exact + 1e-9).all() and (exact <= upper + 1e-9).all()
+    np.testing.assert_allclose(lower, exact, rtol=1e-4)
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_prediction_with_directions_equals_brute_force_in_high_dimension(seed):
+    """Many more dimensions than points per hull (the [CLS] regime): every row needs the refined
+    bounds, and extra directions (any unit vectors bound a hull) change no answer."""
+    rng = np.random.default_rng(10 + seed)
+    d = 40
+    sets = [
+        rng.normal(size=(int(rng.integers(5, 30)), d)) + rng.normal(size=d) * 0.3 for _ in range(5)
+    ]
+    X = rng.normal(size=(40, d))
+    brute = np.stack([hulls.point_hull_distances(X, P) for P in sets], 1).argmin(1)
+    assert (hulls.nearest_hulls(X, sets) == brute).all()
+    W = rng.normal(size=(50, d))
+    assert (hulls.nearest_hulls(X, sets, directions=W) == brute).all()
+    # every bound the prediction decides with holds
+    exact = np.stack([hulls.point_hull_distances(X, P) for P in sets], 1)
+    frames = [hulls._own_frame(P) for P in sets]
+    upper, lower = hulls._first_bounds(X, sets, frames, hulls._unit_rows(W, d))
+    assert (lower <= exact + 1e-9).all() and (exact <= upper + 1e-9).all()
+    for i in range(len(X)):
+        hulls._tighten(X[i], frames, upper[i], lower[i], 0.0)
+    assert (lower <= exact + 1e-9).all() and (exact <= upper + 1e-9).all()
+    best = exact.argmin(1)
+    np.testing.assert_allclose(lower[np.arange(len(X)), best], exact.min(1), rtol=1e-6)
+
+
 def test_predict_is_the_argmin_of_transform():
     rng = np.random.default_rng(4)
     X = rng.normal(size=(120, 4))

@@ -33,8 +33,8 @@ Identical points with different labels can never be separated: they are found fi
 Hulls that touch up to solver tolerance (an LP margin below 1e-6 in scaled coordinates) count as
 meeting (`stats_.touching`); a pair HiGHS cannot decide (60 s limit per solve, or a solver failure)
 is refused as well and counted in `stats_.undecided` with a warning: never a hang, never unseen. predict
-labels a point by its nearest cluster hull (isoprobe.probing.hulls.nearest_hulls: certified distance bounds,
-refined only as far as the choice needs); transform gives the exact distances to all hulls.
+labels a point by its nearest cluster hull (isoprobe.probing.hulls.nearest_hulls: certified distance bounds
+for all points at once, the fit's hyperplanes among them, refined only as far as the choice needs); transform gives the exact distances to all hulls.
 """
 
 from __future__ import annotations
@@ -670,6 +670,8 @@ class DirectProbe:
             fit = _Fit(X[rows], codes[rows], self.stats_, self.max_hyperplanes)
             clusters = fit.run(self.progress)
         self.clusters_ = [rows[c] for c in clusters]
+        # the hyperplane directions the fit kept (lower bounds on hull distances in predict)
+        self.directions_ = fit.pool.W[: fit.pool.h].copy()
         self.cluster_labels_ = np.array([codes[c[0]] for c in self.clusters_], dtype=int)
         self.n_clusters_ = len(self.clusters_)
         return self
@@ -731,7 +733,9 @@ class DirectProbe:
         """The label of the nearest cluster hull of each row (exactly as transform(X).argmin(1),
         refining distance bounds only as far as the choice needs)."""
         nearest = nearest_hulls(
-            np.asarray(X, dtype=np.float64), [self.X_[c] for c in self.clusters_]
+            np.asarray(X, dtype=np.float64),
+            [self.X_[c] for c in self.clusters_],
+            directions=self.directions_,
         )
         return self.labels_[self.cluster_labels_[nearest]]
 

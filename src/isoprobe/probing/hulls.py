@@ -3,7 +3,9 @@
 `separate(P, Q)` decides whether hull(P) and hull(Q) are disjoint, i.e. P and Q are strictly linearly
 separable; `hull_distance(P, Q)` is the Euclidean distance between the hulls (0 when they meet),
 `point_hull_distances(X, P)` the distance from each row of X to hull(P) and `nearest_hulls(X, sets)`
-the nearest of several hulls to each row (bounds refined only as far as the choice needs).
+the nearest of several hulls to each row (certified distance bounds for all rows at once, then
+per row a lean minimum-norm-point solve for each hull that could be nearest, and the step-by-step
+race of `_Race` only where those bounds still leave the choice open).
 
 All run Wolfe's active-set method for the nearest points of two hulls: the minimum of
 ||P'lam - Q'mu|| over convex weights lam, mu. It keeps an affinely independent set of active rows
@@ -645,46 +647,191 @@ class _Race:
         self.lower = max(self.lower, self.s * (lo - hi) / norm)
 
 
-def nearest_hulls(X: np.ndarray, sets: list[np.ndarray]) -> np.ndarray:
-    """[n] index of the hull nearest to each row of X [n, d] among hull(sets[k] [m_k, d]); ties
-    go to the lowest index, as with point_hull_distances + argmin. Exact: every hull starts with
-    bounds from its nearest member (upper) and from its supporting hyperplane facing away from its
-    centroid (lower); the hull with the lowest lower bound that could still be nearest is refined a
-    Wolfe step at a time (each step certifies both bounds) until one is certainly nearest;
-    near-ties are settled by the exact distances."""
-    X = np.asarray(X, dtype=np.float64)
-    sets = [np.asarray(P, dtype=np.float64) for P in sets]
-    frames = [_own_frame(P) for P in sets]
-    tol = 1e-9 * max(f[1] for f in frames)
+_BLOCK = 256  # rows of X per block of the batched bounds
+
+
+def _unit_rows(W: np.ndarray | None, d: int) -> np.ndarray:
+    """[J, d] the non-zero rows of W scaled to unit length (none: [0, d])."""
+    if W is None:
+        return np.zeros((0, d))
+    W = np.asarray(W, dtype=np.float64).reshape(-1, d)
+    norm = np.linalg.norm(W, axis=1)
+    keep = np.isfinite(norm) & (norm > 0)
+    return W[keep] / norm[keep, None]
+
+
+def _first_bounds(
+    X: np.ndarray, sets: list[np.ndarray], frames: list, directions: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """[n, K] certified bounds on the distance from each row of X to each hull, for all rows at
+    once (blocks of _BLOCK rows): upper = distance to the nearest member; lower = the largest gap
+    along the direction from the row to the hull's centroid or along any unit direction given
+    (a hull lies between the minimum and maximum of its members' projections)."""
     allp = np.vstack(sets)
     starts = np.r_[0, np.cumsum([len(P) for P in sets])[:-1]]
     cent = np.stack([f[0] for f in frames])  # [K, d]
     own = np.concatenate([P @ c for P, c in zip(sets, cent, strict=True)])  # p . c_k
-    sq = (allp**2).sum(1)
+    sq, cc = (allp**2).sum(1), (cent**2).sum(1)
+    proj = [P @ directions.T for P in sets]  # [m_k, J]
+    lo = np.stack([p.min(0) for p in proj], 1) if len(directions) else None  # [J, K]
+    hi = np.stack([p.max(0) for p in proj], 1) if len(directions) else None
+    upper, lower = np.empty((len(X), len(sets))), np.empty((len(X), len(sets)))
+    for b in range(0, len(X), _BLOCK):
+        x = X[b : b + _BLOCK]
+        xx, px, xc = (x**2).sum(1)[:, None], x @ allp.T, x @ cent.T
+        upper[b : b + _BLOCK] = np.sqrt(
+            np.maximum(np.minimum.reduceat(sq - 2 * px, starts, 1) + xx, 0)
+        )
+        reach = np.minimum.reduceat(own - px, starts, 1) - (xc - xx)  # along v_k = c_k - x
+        norm = np.sqrt(np.maximum(cc - 2 * xc + xx, 1e-300))
+        low = np.maximum(reach / norm, 0.0)
+        if lo is not None:
+            s = (x @ directions.T)[:, :, None]  # [b, J, 1]
+            low = np.maximum(low, np.maximum(lo[None] - s, s - hi[None]).max(1))
+        lower[b : b + _BLOCK] = low
+    return upper, lower
+
+
+def nearest_hulls(
+    X: np.ndarray, sets: list[np.ndarray], directions: np.ndarray | None = None
+) -> np.ndarray:
+    """[n] index of the hull nearest to each row of X [n, d] among hull(sets[k] [m_k, d]); ties
+    go to the lowest index, as with point_hull_distances + argmin. Exact: every hull starts with
+    certified bounds for all rows at once (`_first_bounds`: the nearest member above; the
+    hyperplane facing the hull's centroid and the optional unit `directions` [J, d], e.g. the
+    separating hyperplanes of a DirectProbe fit, below). A row is settled when one hull's upper
+    bound is below every other lower bound; else the hull with the lowest lower bound that could
+    still be nearest is refined a Wolfe step at a time (each step certifies both bounds) until one
+    is certainly nearest; near-ties are settled by the exact distances."""
+    X = np.asarray(X, dtype=np.float64)
+    sets = [np.asarray(P, dtype=np.float64) for P in sets]
     out = np.zeros(len(X), int)
+    if not len(X) or len(sets) < 2:
+        return out
+    frames = [_own_frame(P) for P in sets]
+    tol = 1e-9 * max(f[1] for f in frames)
     with one_thread():
-        for i, x in enumerate(X):
-            px = allp @ x
-            near = np.sqrt(np.maximum(np.minimum.reduceat(sq - 2 * px, starts) + x @ x, 0.0))
-            v = cent - x  # hull k lies in {p: v_k.p >= min over its points}
-            norm = np.maximum(np.linalg.norm(v, axis=1), 1e-300)
-            reach = np.minimum.reduceat(own - px, starts) - (cent @ x - x @ x)
-            races = [_Race(f, x, u) for f, u in zip(frames, near, strict=True)]
-            for r, low in zip(races, np.maximum(reach / norm, 0.0), strict=True):
-                r.lower = float(low)
-            while True:
-                upper = np.array([r.upper for r in races])
-                lower = np.array([r.lower for r in races])
-                best = int(np.argmin(upper))
-                rival = np.delete(lower, best)
-                if not rival.size or upper[best] < rival.min() - tol:
-                    out[i] = best
-                    break
-                open_ = [k for k in np.flatnonzero(lower <= upper[best] + tol) if not races[k].done]
-                if not open_:  # a near-tie of exact distances: as point_hull_distances would
-                    tied = np.flatnonzero(lower <= upper[best] + tol)
-                    exact = [point_hull_distances(x[None, :], sets[k])[0] for k in tied]
-                    out[i] = tied[int(np.argmin(exact))]
-                    break
-                races[min(open_, key=lambda k: lower[k])].step()
+        upper, lower = _first_bounds(X, sets, frames, _unit_rows(directions, X.shape[1]))
+        for i in np.flatnonzero(~_settled(upper, lower, tol, out)):
+            _tighten(X[i], frames, upper[i], lower[i], tol)
+            if not _settled(upper[i : i + 1], lower[i : i + 1], tol, out[i : i + 1])[0]:
+                out[i] = _race(X[i], sets, frames, upper[i], lower[i], tol)
     return out
+
+
+def _tighten(x: np.ndarray, frames: list, upper: np.ndarray, lower: np.ndarray, tol: float) -> None:
+    """Tighten the bounds [K] (in place) of every hull that could still be nearest to x, lowest
+    lower bound first, with `_point_bounds`; a hull stops once its lower bound rules it out."""
+    for k in np.argsort(lower, kind="stable"):
+        if lower[k] > upper.min() + tol:
+            break
+        c, s, zp = frames[k]
+        stop = (upper.min() + tol) / s
+        up, low = _point_bounds(zp, (x - c) / s, stop)
+        upper[k], lower[k] = min(upper[k], s * up), max(lower[k], s * low)
+
+
+def _point_bounds(zp: np.ndarray, zx: np.ndarray, stop: float) -> tuple[float, float]:
+    """Certified (upper, lower) bounds on the distance from zx [d] to hull(zp [m, d]), by Wolfe's
+    minimum-norm-point method on the rows zp - zx with the affine minimiser of each corral from
+    its small Gram system (no QR updates, unlike `_Corral`). Only the bounds matter: upper is the
+    norm of a point of the hull minus zx, lower the gap along that vector to the hull's supporting
+    hyperplane, both recomputed from the rows; it stops at the optimum (up to rounding), once
+    lower > stop, or after 10 (d + 2) cycles."""
+    d = zp.shape[1]
+    Y = zp - zx
+    active = [int(np.argmin((Y * Y).sum(1)))]
+    lam = np.ones(1)
+    upper, lower = np.inf, 0.0
+    for _ in range(10 * (d + 2)):
+        w = lam @ Y[active]
+        yw = Y @ w
+        ww = float(w @ w)
+        norm = np.sqrt(ww)
+        if norm <= _EPS:
+            return 0.0, 0.0
+        upper, lower = min(upper, norm), max(lower, float(yw.min()) / norm)
+        j = int(np.argmin(yw))
+        if lower > stop or yw[j] >= ww - 1e-12 * max(ww, 1.0) or j in active:
+            break
+        active.append(j)
+        lam = np.concatenate((lam, [0.0]))
+        lam, active = _affine_minimum(Y, active, lam)
+        if not active:
+            break
+    return upper, lower
+
+
+def _affine_minimum(
+    Y: np.ndarray, active: list[int], lam: np.ndarray
+) -> tuple[np.ndarray, list[int]]:
+    """Wolfe's minor cycles: move the convex weights lam of the rows Y[active] towards the
+    minimiser of the norm on their affine hull, dropping rows whose weight reaches 0."""
+    from scipy.linalg.lapack import dgesv
+
+    while active:
+        A = Y[active]
+        k = len(active)
+        kkt = np.ones((k + 1, k + 1))
+        kkt[:k, :k], kkt[k, k] = A @ A.T, 0.0
+        rhs = np.zeros(k + 1)
+        rhs[k] = 1.0
+        *_, sol, info = dgesv(kkt, rhs)
+        if info != 0:  # affinely dependent rows: a least-squares solution
+            sol = np.linalg.lstsq(kkt, rhs, rcond=None)[0]
+        mu = sol[:k]
+        if not np.isfinite(mu).all():
+            return lam, []
+        if (mu > 1e-14).all():
+            return mu / mu.sum(), active  # convex weights, whatever the solve's rounding
+        fall = lam - mu
+        down = (mu <= 1e-14) & (fall > 0)
+        theta = float(np.min(lam[down] / fall[down])) if down.any() else 0.0
+        lam = np.maximum(lam + min(theta, 1.0) * (mu - lam), 0.0)
+        keep = lam > 1e-14
+        if keep.all():
+            keep[int(np.argmin(np.where(down, lam, np.inf)))] = False
+        active = [a for a, kept in zip(active, keep, strict=True) if kept]
+        lam = lam[keep] / lam[keep].sum() if keep.any() else lam[keep]
+    return lam, active
+
+
+def _settled(upper: np.ndarray, lower: np.ndarray, tol: float, out: np.ndarray) -> np.ndarray:
+    """[n] rows whose nearest hull the bounds alone decide (written to out)."""
+    best = upper.argmin(1)
+    rows = np.arange(len(upper))
+    rival = lower.copy()
+    rival[rows, best] = np.inf
+    done = upper[rows, best] < rival.min(1) - tol
+    out[done] = best[done]
+    return done
+
+
+def _race(
+    x: np.ndarray,
+    sets: list[np.ndarray],
+    frames: list,
+    upper: np.ndarray,
+    lower: np.ndarray,
+    tol: float,
+) -> int:
+    """The nearest hull to x from the bounds [K], refining one hull a Wolfe step at a time."""
+    races = [_Race(f, x, u) for f, u in zip(frames, upper, strict=True)]
+    upper, lower = upper.copy(), lower.copy()
+    done = np.zeros(len(sets), bool)
+    for r, low in zip(races, lower, strict=True):
+        r.lower = float(low)
+    while True:
+        best = int(np.argmin(upper))
+        rival = np.delete(lower, best)
+        if upper[best] < rival.min() - tol:
+            return best
+        near = lower <= upper[best] + tol
+        open_ = np.flatnonzero(near & ~done)
+        if not open_.size:  # a near-tie of exact distances: as point_hull_distances would
+            tied = np.flatnonzero(near)
+            exact = [point_hull_distances(x[None, :], sets[k])[0] for k in tied]
+            return int(tied[int(np.argmin(exact))])
+        k = int(open_[np.argmin(lower[open_])])
+        races[k].step()
+        upper[k], lower[k], done[k] = races[k].upper, races[k].lower, races[k].done
