@@ -62,6 +62,7 @@ _MIN_PLAN = 16  # shortest plan after a refusal
 _GROW = 4  # a plan after a refusal is this many times the merges committed before it
 _CHUNK = 32  # hyperplanes tested at once
 _BASES = 32  # search bases kept for restarts (about 2 MB each)
+_REPLAY_FLOATS = 1 << 24  # distances a plan keeps for replaying its merges (128 MB at most)
 _MARGIN = 0.5  # separating hyperplanes found are improved to this fraction of the best margin
 
 
@@ -178,8 +179,10 @@ class _Order:
         i = int(np.argmin(lab.rowmin))
         return code, int(lab.slots[i]), int(lab.slots[lab.rowarg[i]])
 
-    def merge(self, code: int, a: int, b: int) -> None:
-        """Cluster b joins cluster a (a first by position)."""
+    def merge(self, code: int, a: int, b: int, new: np.ndarray | None = None) -> np.ndarray:
+        """Cluster b joins cluster a (a first by position). Returns the squared distances from the
+        merged cluster to the others; a replay of the same merge from the same state may pass
+        them back as `new` instead of recomputing them (the same numbers)."""
         lab = self._own(code)
         i, j = np.searchsorted(lab.slots, (a, b))
         na, nb = lab.size[i], lab.size[j]
@@ -192,8 +195,9 @@ class _Order:
         lab.dist[i, :] = lab.dist[:, i] = np.inf
         others = np.flatnonzero(lab.alive)
         others = others[others != i]
-        new = ((lab.centroid[others] - lab.centroid[i]) ** 2).sum(1)
-        new[lab.refused[i, others]] = np.inf
+        if new is None:
+            new = ((lab.centroid[others] - lab.centroid[i]) ** 2).sum(1)
+            new[lab.refused[i, others]] = np.inf
         lab.dist[i, others] = lab.dist[others, i] = new
         lab.rowmin[j] = np.inf
         stale = others[(lab.rowarg[others] == i) | (lab.rowarg[others] == j)]
@@ -204,6 +208,7 @@ class _Order:
         self.best[code] = lab.rowmin.min()
         if len(lab.slots) > 64 and 2 * (len(others) + 1) < len(lab.slots):
             self._compact(code)
+        return new
 
     def refuse(self, code: int, a: int, b: int) -> None:
         lab = self._own(code)
@@ -354,10 +359,12 @@ class _Fit:
         window = len(self.X)
         while True:
             spec = self.order.copy()
-            steps = []
+            steps, news, kept = [], [], 0
             while len(steps) < window and (step := spec.next()) is not None:
                 steps.append(step)
-                spec.merge(*step)
+                new = spec.merge(*step)
+                kept += new.size
+                news.append(new if kept <= _REPLAY_FLOATS else None)
             if not steps:
                 break
             plan = _Plan(steps)
@@ -366,8 +373,8 @@ class _Fit:
                 self.order = spec
                 spec.owned = set(range(self.n_labels))  # nothing else shares its arrays now
             else:
-                for step in steps[:k]:
-                    self.order.merge(*step)
+                for step, new in zip(steps[:k], news, strict=False):
+                    self.order.merge(*step, new=new)  # the plan's own distances, not recomputed
                 self.order.refuse(*steps[k])
                 self.stats.refused += 1
             for *_, a, b in steps[:k]:

@@ -720,9 +720,13 @@ def nearest_hulls(
 
 
 def _tighten(x: np.ndarray, frames: list, upper: np.ndarray, lower: np.ndarray, tol: float) -> None:
-    """Tighten the bounds [K] (in place) of every hull that could still be nearest to x, lowest
-    lower bound first, with `_point_bounds`; a hull stops once its lower bound rules it out."""
-    for k in np.argsort(lower, kind="stable"):
+    """Tighten the bounds [K] (in place) of every hull that could still be nearest to x with
+    `_point_bounds`: first the hull with the lowest upper bound (the likely nearest one) to its
+    distance, so the others face a tight bar, then the rest lowest lower bound first; a hull stops
+    once its lower bound rules it out."""
+    first = int(np.argmin(upper))
+    order = np.argsort(lower, kind="stable")
+    for k in np.r_[first, order[order != first]]:
         if lower[k] > upper.min() + tol:
             break
         c, s, zp = frames[k]
@@ -733,19 +737,22 @@ def _tighten(x: np.ndarray, frames: list, upper: np.ndarray, lower: np.ndarray, 
 
 def _point_bounds(zp: np.ndarray, zx: np.ndarray, stop: float) -> tuple[float, float]:
     """Certified (upper, lower) bounds on the distance from zx [d] to hull(zp [m, d]), by Wolfe's
-    minimum-norm-point method on the rows zp - zx with the affine minimiser of each corral from
-    its small Gram system (no QR updates, unlike `_Corral`). Only the bounds matter: upper is the
-    norm of a point of the hull minus zx, lower the gap along that vector to the hull's supporting
+    minimum-norm-point method on the rows zp - zx (never formed: projections are taken on zp and
+    shifted) with the affine minimiser of each corral from its small Gram system, kept up to date
+    row by row (no QR updates, unlike `_Corral`). Only the bounds matter: upper is the norm of a
+    point of the hull minus zx, lower the gap along that vector to the hull's supporting
     hyperplane, both recomputed from the rows; it stops at the optimum (up to rounding), once
     lower > stop, or after 10 (d + 2) cycles."""
     d = zp.shape[1]
-    Y = zp - zx
-    active = [int(np.argmin((Y * Y).sum(1)))]
+    sq = np.einsum("ij,ij->i", zp, zp) - 2 * (zp @ zx) + zx @ zx  # ||zp_i - zx||^2
+    active = [int(np.argmin(sq))]
+    gram = np.empty((min(len(zp), d + 2) + 1,) * 2)  # rows and columns [:k] in use
+    gram[0, 0] = max(float(sq[active[0]]), 0.0)
     lam = np.ones(1)
     upper, lower = np.inf, 0.0
     for _ in range(10 * (d + 2)):
-        w = lam @ Y[active]
-        yw = Y @ w
+        w = lam @ zp[active] - zx
+        yw = zp @ w - zx @ w
         ww = float(w @ w)
         norm = np.sqrt(ww)
         if norm <= _EPS:
@@ -754,26 +761,32 @@ def _point_bounds(zp: np.ndarray, zx: np.ndarray, stop: float) -> tuple[float, f
         j = int(np.argmin(yw))
         if lower > stop or yw[j] >= ww - 1e-12 * max(ww, 1.0) or j in active:
             break
+        k = len(active)
+        if k + 1 >= len(gram):
+            break  # more rows than an affinely independent corral can hold: rounding
+        yj = zp[j] - zx
+        gram[k, :k] = gram[:k, k] = (zp[active] - zx) @ yj
+        gram[k, k] = yj @ yj
         active.append(j)
         lam = np.concatenate((lam, [0.0]))
-        lam, active = _affine_minimum(Y, active, lam)
+        lam, active, gram = _affine_minimum(gram, active, lam)
         if not active:
             break
     return upper, lower
 
 
 def _affine_minimum(
-    Y: np.ndarray, active: list[int], lam: np.ndarray
-) -> tuple[np.ndarray, list[int]]:
-    """Wolfe's minor cycles: move the convex weights lam of the rows Y[active] towards the
-    minimiser of the norm on their affine hull, dropping rows whose weight reaches 0."""
+    gram: np.ndarray, active: list[int], lam: np.ndarray
+) -> tuple[np.ndarray, list[int], np.ndarray]:
+    """Wolfe's minor cycles on the Gram matrix of the rows Y[active] (gram[:k, :k], k active rows;
+    updated in place): move their convex weights lam towards the minimiser of the norm on their
+    affine hull, dropping rows whose weight reaches 0 (with their row and column of gram)."""
     from scipy.linalg.lapack import dgesv
 
     while active:
-        A = Y[active]
         k = len(active)
         kkt = np.ones((k + 1, k + 1))
-        kkt[:k, :k], kkt[k, k] = A @ A.T, 0.0
+        kkt[:k, :k], kkt[k, k] = gram[:k, :k], 0.0
         rhs = np.zeros(k + 1)
         rhs[k] = 1.0
         *_, sol, info = dgesv(kkt, rhs)
@@ -781,9 +794,9 @@ def _affine_minimum(
             sol = np.linalg.lstsq(kkt, rhs, rcond=None)[0]
         mu = sol[:k]
         if not np.isfinite(mu).all():
-            return lam, []
+            return lam, [], gram
         if (mu > 1e-14).all():
-            return mu / mu.sum(), active  # convex weights, whatever the solve's rounding
+            return mu / mu.sum(), active, gram  # convex weights, whatever the solve's rounding
         fall = lam - mu
         down = (mu <= 1e-14) & (fall > 0)
         theta = float(np.min(lam[down] / fall[down])) if down.any() else 0.0
@@ -792,8 +805,10 @@ def _affine_minimum(
         if keep.all():
             keep[int(np.argmin(np.where(down, lam, np.inf)))] = False
         active = [a for a, kept in zip(active, keep, strict=True) if kept]
+        idx = np.flatnonzero(keep)
+        gram[: len(idx), : len(idx)] = gram[np.ix_(idx, idx)]
         lam = lam[keep] / lam[keep].sum() if keep.any() else lam[keep]
-    return lam, active
+    return lam, active, gram
 
 
 def _settled(upper: np.ndarray, lower: np.ndarray, tol: float, out: np.ndarray) -> np.ndarray:
