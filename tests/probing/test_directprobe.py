@@ -282,6 +282,35 @@ def test_point_bounds_bracket_the_distance(seed):
     assert hulls._point_bounds(zp, inside, np.inf) == (0.0, 0.0)
 
 
+def test_point_bounds_in_lock_step_equal_one_at_a_time():
+    """Solving many points against one hull together (one matrix product per cycle) gives each
+    point the bounds it gets alone, with its own stop; tightening rows together equals tightening
+    each row alone."""
+    rng = np.random.default_rng(3)
+    d = 25
+    P = rng.normal(size=(40, d))
+    c, s, zp = hulls._own_frame(P)
+    ZX = (rng.normal(size=(30, d)) * 2 - c) / s
+    ZX[3] = rng.dirichlet(np.ones(len(zp))) @ zp  # one point inside
+    stops = np.where(np.arange(30) % 3 == 0, 0.1, np.inf)
+    up, low = hulls._points_bounds(zp, np.einsum("ij,ij->i", zp, zp), ZX, stops)
+    alone = np.array([hulls._point_bounds(zp, z, t) for z, t in zip(ZX, stops, strict=True)])
+    np.testing.assert_allclose(np.c_[up, low], alone, rtol=1e-9, atol=1e-12)
+    assert up[3] == low[3] == 0.0
+    sets = [rng.normal(size=(int(rng.integers(5, 30)), d)) + rng.normal(size=d) for _ in range(5)]
+    frames = [hulls._own_frame(Q) for Q in sets]
+    X = rng.normal(size=(20, d))
+    upper, lower = hulls._first_bounds(X, sets, frames, hulls._unit_rows(None, d))
+    together = upper.copy(), lower.copy()
+    hulls._tighten(X, frames, *together, 0.0)
+    for i in range(len(X)):
+        u, lo = upper[i : i + 1].copy(), lower[i : i + 1].copy()
+        hulls._tighten(X[i : i + 1], frames, u, lo, 0.0)
+        np.testing.assert_allclose(
+            np.r_[u[0], lo[0]], np.r_[together[0][i], together[1][i]], rtol=1e-9
+        )
+
+
 def test_first_bounds_hold_and_directions_make_them_tight():
     """In the plane, 720 directions bound a far hull's distance to within 0.01 %; no bound may
     cross the exact distance."""
@@ -316,8 +345,7 @@ def test_prediction_with_directions_equals_brute_force_in_high_dimension(seed):
     frames = [hulls._own_frame(P) for P in sets]
     upper, lower = hulls._first_bounds(X, sets, frames, hulls._unit_rows(W, d))
     assert (lower <= exact + 1e-9).all() and (exact <= upper + 1e-9).all()
-    for i in range(len(X)):
-        hulls._tighten(X[i], frames, upper[i], lower[i], 0.0)
+    hulls._tighten(X, frames, upper, lower, 0.0)
     assert (lower <= exact + 1e-9).all() and (exact <= upper + 1e-9).all()
     best = exact.argmin(1)
     np.testing.assert_allclose(lower[np.arange(len(X)), best], exact.min(1), rtol=1e-6)

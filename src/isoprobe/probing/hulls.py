@@ -700,9 +700,11 @@ def nearest_hulls(
     certified bounds for all rows at once (`_first_bounds`: the nearest member above; the
     hyperplane facing the hull's centroid and the optional unit `directions` [J, d], e.g. the
     separating hyperplanes of a DirectProbe fit, below). A row is settled when one hull's upper
-    bound is below every other lower bound; else the hull with the lowest lower bound that could
-    still be nearest is refined a Wolfe step at a time (each step certifies both bounds) until one
-    is certainly nearest; near-ties are settled by the exact distances."""
+    bound is below every other lower bound; else the bounds of the hulls that could still be
+    nearest are tightened by minimum-norm-point solves (`_tighten`: the open rows together, hull by
+    hull), and a row still open after that is raced a Wolfe step at a time (each step certifies
+    both bounds) until one hull is certainly nearest; near-ties are settled by the exact
+    distances."""
     X = np.asarray(X, dtype=np.float64)
     sets = [np.asarray(P, dtype=np.float64) for P in sets]
     out = np.zeros(len(X), int)
@@ -712,67 +714,121 @@ def nearest_hulls(
     tol = 1e-9 * max(f[1] for f in frames)
     with one_thread():
         upper, lower = _first_bounds(X, sets, frames, _unit_rows(directions, X.shape[1]))
-        for i in np.flatnonzero(~_settled(upper, lower, tol, out)):
-            _tighten(X[i], frames, upper[i], lower[i], tol)
-            if not _settled(upper[i : i + 1], lower[i : i + 1], tol, out[i : i + 1])[0]:
-                out[i] = _race(X[i], sets, frames, upper[i], lower[i], tol)
+        open_ = np.flatnonzero(~_settled(upper, lower, tol, out))
+        up, low = upper[open_], lower[open_]
+        _tighten(X[open_], frames, up, low, tol)
+        picked = np.zeros(len(open_), int)
+        done = _settled(up, low, tol, picked)
+        out[open_[done]] = picked[done]
+        for r in np.flatnonzero(~done):
+            out[open_[r]] = _race(X[open_[r]], sets, frames, up[r], low[r], tol)
     return out
 
 
-def _tighten(x: np.ndarray, frames: list, upper: np.ndarray, lower: np.ndarray, tol: float) -> None:
-    """Tighten the bounds [K] (in place) of every hull that could still be nearest to x with
-    `_point_bounds`: first the hull with the lowest upper bound (the likely nearest one) to its
-    distance, so the others face a tight bar, then the rest lowest lower bound first; a hull stops
-    once its lower bound rules it out."""
-    first = int(np.argmin(upper))
-    order = np.argsort(lower, kind="stable")
-    for k in np.r_[first, order[order != first]]:
-        if lower[k] > upper.min() + tol:
-            break
-        c, s, zp = frames[k]
-        stop = (upper.min() + tol) / s
-        up, low = _point_bounds(zp, (x - c) / s, stop)
-        upper[k], lower[k] = min(upper[k], s * up), max(lower[k], s * low)
+def _tighten(X: np.ndarray, frames: list, upper: np.ndarray, lower: np.ndarray, tol: float) -> None:
+    """Tighten the bounds [n, K] (in place) of every hull that could still be nearest to each row
+    of X [n, d] with `_points_bounds`: first the hull with the lowest upper bound (the likely
+    nearest one) to its distance, so the others face a tight bar, then the rest lowest lower bound
+    first; a row stops at the first hull its lower bound rules out. Rows advance in rounds, one
+    hull each, and the rows at the same hull are solved together (matrix products, not one
+    matrix-vector product per row): each row meets the same hulls with the same bars as alone."""
+    n, K = upper.shape
+    first = upper.argmin(1)
+    order = np.argsort(lower, 1, kind="stable")
+    visits = np.column_stack((first, order[order != first[:, None]].reshape(n, K - 1)))
+    norms = {}  # hull -> squared norms of its scaled rows
+    live, pos = np.arange(n), np.zeros(n, int)
+    while live.size:
+        hull = visits[live, pos[live]]
+        bar = upper[live].min(1) + tol
+        go = lower[live, hull] <= bar
+        live, hull, bar = live[go], hull[go], bar[go]
+        for k in np.unique(hull):
+            c, s, zp = frames[k]
+            if k not in norms:
+                norms[k] = np.einsum("ij,ij->i", zp, zp)
+            at = np.flatnonzero(hull == k)
+            for b in range(0, len(at), _BLOCK):
+                rows = live[at[b : b + _BLOCK]]
+                up, low = _points_bounds(
+                    zp, norms[k], (X[rows] - c) / s, bar[at[b : b + _BLOCK]] / s
+                )
+                upper[rows, k] = np.minimum(upper[rows, k], s * up)
+                lower[rows, k] = np.maximum(lower[rows, k], s * low)
+        pos[live] += 1
+        live = live[pos[live] < K]
 
 
 def _point_bounds(zp: np.ndarray, zx: np.ndarray, stop: float) -> tuple[float, float]:
-    """Certified (upper, lower) bounds on the distance from zx [d] to hull(zp [m, d]), by Wolfe's
-    minimum-norm-point method on the rows zp - zx (never formed: projections are taken on zp and
-    shifted) with the affine minimiser of each corral from its small Gram system, kept up to date
-    row by row (no QR updates, unlike `_Corral`). Only the bounds matter: upper is the norm of a
-    point of the hull minus zx, lower the gap along that vector to the hull's supporting
-    hyperplane, both recomputed from the rows; it stops at the optimum (up to rounding), once
-    lower > stop, or after 10 (d + 2) cycles."""
-    d = zp.shape[1]
-    sq = np.einsum("ij,ij->i", zp, zp) - 2 * (zp @ zx) + zx @ zx  # ||zp_i - zx||^2
-    active = [int(np.argmin(sq))]
-    gram = np.empty((min(len(zp), d + 2) + 1,) * 2)  # rows and columns [:k] in use
-    gram[0, 0] = max(float(sq[active[0]]), 0.0)
-    lam = np.ones(1)
-    upper, lower = np.inf, 0.0
+    """`_points_bounds` for one point zx [d]."""
+    up, low = _points_bounds(zp, np.einsum("ij,ij->i", zp, zp), zx[None, :], np.array([stop]))
+    return float(up[0]), float(low[0])
+
+
+def _points_bounds(
+    zp: np.ndarray, norms: np.ndarray, ZX: np.ndarray, stops: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """[B] certified upper and lower bounds on the distance from each row of ZX [B, d] to
+    hull(zp [m, d]) (norms [m]: the squared norms of zp's rows), by Wolfe's minimum-norm-point
+    method on the rows zp - zx (never formed: projections are taken on zp and shifted) with the
+    affine minimiser of each corral from its small Gram system, kept up to date row by row (no QR
+    updates, unlike `_Corral`). The B solves run in lock step, so that each cycle projects zp on
+    all their current points in one matrix product. Only the bounds matter: upper is the norm of
+    a point of the hull minus zx, lower the gap along that vector to the hull's supporting
+    hyperplane, both recomputed from the rows; a solve stops at the optimum (up to rounding), once
+    lower > its stop, or after 10 (d + 2) cycles."""
+    B, d = ZX.shape
+    upper, lower = np.full(B, np.inf), np.zeros(B)
+    sq = norms[None, :] - 2 * (ZX @ zp.T) + np.einsum("ij,ij->i", ZX, ZX)[:, None]
+    size = min(len(zp), d + 2) + 1  # rows and columns [:k] of a Gram matrix in use
+    solves = []
+    for b, j in enumerate(sq.argmin(1)):
+        gram = np.empty((size, size))
+        gram[0, 0] = max(float(sq[b, j]), 0.0)
+        solves.append(([int(j)], np.ones(1), gram))
+    live = list(range(B))
     for _ in range(10 * (d + 2)):
-        w = lam @ zp[active] - zx
-        yw = zp @ w - zx @ w
-        ww = float(w @ w)
-        norm = np.sqrt(ww)
-        if norm <= _EPS:
-            return 0.0, 0.0
-        upper, lower = min(upper, norm), max(lower, float(yw.min()) / norm)
-        j = int(np.argmin(yw))
-        if lower > stop or yw[j] >= ww - 1e-12 * max(ww, 1.0) or j in active:
+        if not live:
             break
-        k = len(active)
-        if k + 1 >= len(gram):
-            break  # more rows than an affinely independent corral can hold: rounding
-        yj = zp[j] - zx
-        gram[k, :k] = gram[:k, k] = (zp[active] - zx) @ yj
-        gram[k, k] = yj @ yj
-        active.append(j)
-        lam = np.concatenate((lam, [0.0]))
-        lam, active, gram = _affine_minimum(gram, active, lam)
-        if not active:
-            break
+        zx = ZX[live]
+        W = _combine([solves[b] for b in live], zp) - zx
+        YW = W @ zp.T - np.einsum("ij,ij->i", zx, W)[:, None]  # [L, m]: (zp_i - zx) . w
+        WW = np.einsum("ij,ij->i", W, W)
+        going = []
+        for r, b in enumerate(live):
+            ww, yw = float(WW[r]), YW[r]
+            norm = np.sqrt(ww)
+            if norm <= _EPS:
+                upper[b] = lower[b] = 0.0
+                continue
+            upper[b], lower[b] = min(upper[b], norm), max(lower[b], float(yw.min()) / norm)
+            j = int(np.argmin(yw))
+            active, lam, gram = solves[b]
+            if lower[b] > stops[b] or yw[j] >= ww - 1e-12 * max(ww, 1.0) or j in active:
+                continue
+            k = len(active)
+            if k + 1 >= size:
+                continue  # more rows than an affinely independent corral can hold: rounding
+            yj = zp[j] - zx[r]
+            gram[k, :k] = gram[:k, k] = (zp[active] - zx[r]) @ yj
+            gram[k, k] = yj @ yj
+            active.append(j)
+            lam, active, gram = _affine_minimum(gram, active, np.concatenate((lam, [0.0])))
+            if active:
+                solves[b] = (active, lam, gram)
+                going.append(b)
+        live = going
     return upper, lower
+
+
+def _combine(solves: list, zp: np.ndarray) -> np.ndarray:
+    """[L, d] the points lam @ zp[active] of the solves (active, lam, gram), as one sparse product."""
+    from scipy.sparse import csr_matrix
+
+    indptr = np.cumsum([0] + [len(active) for active, _, _ in solves])
+    cols = np.fromiter((a for active, _, _ in solves for a in active), int, indptr[-1])
+    weights = np.concatenate([lam for _, lam, _ in solves])
+    return csr_matrix((weights, cols, indptr), shape=(len(solves), len(zp))) @ zp
 
 
 def _affine_minimum(
