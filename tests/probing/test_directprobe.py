@@ -388,6 +388,76 @@ def test_lp_calls_hulls_within_solver_tolerance_touching():
     assert not _lp(P, np.array([[-0.5, 0.5], [0.5, 0.5]])).separable  # crossing
 
 
+def _words_at_positions(noise: float, seed: int, d: int = 384) -> tuple[np.ndarray, np.ndarray]:
+    """Word vectors plus position vectors, as in a transformer's embedding layer: 450 distinct
+    (word, position) pairs of 40 words and 30 positions, split 300 / 150, with a little noise.
+    Sums such as (w1 + e1) + (w2 + e2) = (w1 + e2) + (w2 + e1) make the two hulls meet up to
+    the noise: a contact that Wolfe's method approaches but rounding keeps it from reaching."""
+    rng = np.random.default_rng(seed)
+    words, positions = rng.normal(size=(40, d)), 0.05 * rng.normal(size=(30, d))
+    pairs = rng.permutation(40 * 30)[:450]
+    X = words[pairs // 30] + positions[pairs % 30] + noise * rng.normal(size=(450, d))
+    return X[:300], X[300:]
+
+
+def _l1_distance(A: np.ndarray, B: np.ndarray) -> float:
+    """min ||A'lam - B'mu||_1 over convex weights, by its own LP (scipy's linprog)."""
+    from scipy.optimize import linprog
+
+    a, b, d = len(A), len(B), A.shape[1]
+    M = np.c_[A.T, -B.T]
+    A_ub = np.block([[M, -np.eye(d)], [-M, -np.eye(d)]])
+    A_eq = np.zeros((2, a + b + d))
+    A_eq[0, :a], A_eq[1, a : a + b] = 1.0, 1.0
+    cost = np.r_[np.zeros(a + b), np.ones(d)]
+    out = linprog(cost, A_ub=A_ub, b_ub=np.zeros(2 * d), A_eq=A_eq, b_eq=[1.0, 1.0])
+    assert out.status == 0
+    return float(out.fun)
+
+
+@pytest.mark.parametrize("seed", [1, 2])
+def test_hulls_in_contact_are_touching_without_the_lp(seed, monkeypatch):
+    """Hulls that meet up to 1e-7 noise: Wolfe's iterate x (a point of hull(P) - hull(Q)) gets
+    ||x||_1 below twice the LP tolerance, so the LP's margin is below it too and the pair is
+    touching, decided there (no HiGHS fallback), with a witness whose hulls meet (own LP)."""
+    P, Q = _words_at_positions(1e-7, seed)
+
+    def no_lp(*args, **kwargs):
+        raise AssertionError("the LP fallback ran")
+
+    monkeypatch.setattr(hulls, "_separate_lp", no_lp)
+    out = separate(P, Q)
+    assert not out.separable and out.touching and not out.undecided
+    c, s = hulls._frame(P, Q)
+    wp, wq = out.witness
+    assert 0 < len(wp) + len(wq) <= P.shape[1] + 2
+    assert _l1_distance((P[wp] - c) / s, (Q[wq] - c) / s) <= 2 * hulls._LP_TOL
+
+
+def test_wolfe_stops_a_rounding_loop_after_its_patience(monkeypatch):
+    """A rounding loop (each row added is dropped again at once, so ||x|| stays) ends as a
+    stall after _PATIENCE cycles without a new minimum, not after 20 (d + 2) cycles."""
+    rng = np.random.default_rng(0)
+    P, Q = rng.normal(size=(200, 20)), rng.normal(size=(200, 20)) + 0.1
+    settle = hulls._Corral.settle
+    state = {"cycles": 0, "kept": 0}
+
+    def settle_and_undo(corral):  # the loop: the new rows go again and x is what it was
+        state["cycles"] += 1
+        if state["cycles"] > 3:
+            corral.drop(np.arange(state["kept"], len(corral.rows)))
+        settle(corral)
+        state["kept"] = len(corral.rows)
+
+    monkeypatch.setattr(hulls._Corral, "settle", settle_and_undo)
+    corral = hulls._corral(P, Q, None, None)
+    state["cycles"] = 0
+    with pytest.raises(hulls._Stall):
+        for _ in hulls._steps(corral):
+            pass
+    assert state["cycles"] <= hulls._PATIENCE + 4
+
+
 def test_time_limit_makes_a_pair_undecided_and_directprobe_counts_it(monkeypatch):
     """A HiGHS time limit never hangs the fit and never passes silently: separate() says
     undecided (treated as meeting), and DirectProbe refuses those merges and counts them."""

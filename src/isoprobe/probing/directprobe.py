@@ -31,7 +31,8 @@ of different labels, with exact certificates from cheap to dear:
 Identical points with different labels can never be separated: they are found first, reported in
 `conflicts_` and left out of the clustering (with `conflicts="fail"`, fit raises instead).
 Hulls that touch up to solver tolerance (an LP margin below 1e-6 in scaled coordinates) count as
-meeting (`stats_.touching`); a pair HiGHS cannot decide (60 s limit per solve, or a solver failure)
+meeting (`stats_.touching`), decided without the LP once a point of hull(P) - hull(Q) found by
+Wolfe's method has an L1 norm below 2e-6 (the LP's margin is then below 1e-6 as well); a pair HiGHS cannot decide (60 s limit per solve, or a solver failure)
 is refused as well and counted in `stats_.undecided` with a warning: never a hang, never unseen. predict
 labels a point by its nearest cluster hull (isoprobe.probing.hulls.nearest_hulls: certified distance bounds
 for all points at once, the fit's hyperplanes among them, refined only as far as the choice needs); transform gives the exact distances to all hulls.

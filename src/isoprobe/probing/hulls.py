@@ -18,7 +18,8 @@ negative. Every iterate certifies something exactly:
 - min_p x.p - max_q x.q > 0 means the hyperplane with normal x separates the sets (checked on every
   row), and divided by ||x|| it bounds the distance from below; the two bounds meet at the optimum.
 A search can restart from the active rows of an earlier one (`Basis`, same coordinate frame).
-Coordinates are centred and scaled first; BLAS runs on one thread (`one_thread`). When rounding stalls the method, the decision falls back to
+Coordinates are centred and scaled first; BLAS runs on one thread (`one_thread`). When rounding stalls the method
+(_PATIENCE major cycles without a new smallest ||x||), the decision falls back to
 an LP on HiGHS (max delta s.t. w.p + b >= delta, w.q + b <= -delta, -1 <= w <= 1: half the L1
 distance between the hulls, 0 when they meet; its dual support is the witness) and the distance to
 the hard-margin SVM QP, both with constraint generation over a growing subset of rows.
@@ -42,6 +43,7 @@ _LP_TOL = (
 _TOUCH = 1e-6  # hull distances (scaled coordinates) at or below this are rounding: the hulls touch
 _TIME_LIMIT = 60.0  # seconds per HiGHS solve; a pair still open then is undecided
 _EXACT = 1.0 - 1e-10  # margin fraction that counts as the optimum (distances)
+_PATIENCE = 32  # major cycles without a new smallest ||x||: rounding has stopped the method
 
 
 @dataclass
@@ -274,10 +276,13 @@ def _corral(
 def _steps(corral: _Corral) -> Iterator[tuple[np.ndarray, float, float]]:
     """Wolfe's method on rows zp [n, d] and zq [m, d] of the corral: yields (x, lo, hi) per major
     cycle, x the current point of hull(zp) - hull(zq), lo = min zp.x, hi = max zq.x. Ends once
-    ||x|| <= _EPS or no row improves x (the optimum, up to rounding). Raises _Stall."""
+    ||x|| <= _EPS or no row improves x (the optimum, up to rounding). Raises _Stall when rounding
+    stops the method: in exact arithmetic ||x|| falls at every major cycle, so _PATIENCE cycles
+    without a new minimum (rows added, then dropped again at once) are a loop, not progress."""
     zp, zq = corral.zp, corral.zq
     d = zp.shape[1]
     scale = max(np.abs(zp).max(), np.abs(zq).max()) * np.sqrt(d)
+    smallest, idle = np.inf, 0
     for _ in range(20 * (d + 2)):
         x = corral.x()
         sp, sq = zp @ x, zq @ x
@@ -285,6 +290,9 @@ def _steps(corral: _Corral) -> Iterator[tuple[np.ndarray, float, float]]:
         yield x, sp.min(), sq.max()
         if xx <= _EPS**2:
             return
+        smallest, idle = (xx, 0) if xx < smallest else (smallest, idle + 1)
+        if idle >= _PATIENCE:
+            break
         on = corral.side == 0
         cp, cq = sp[corral.rows[on]].mean(), sq[corral.rows[~on]].mean()
         sp[corral.rows[on]], sq[corral.rows[~on]] = np.inf, -np.inf  # active rows are not new
@@ -308,15 +316,16 @@ def _nearest(
     start: tuple[np.ndarray, np.ndarray] | None = None,
     margin: float = 0.0,
     basis: Basis | None = None,
+    touch: float = 0.0,
 ) -> tuple[bool, np.ndarray, _Corral]:
     """Wolfe's method on rows zp [n, d] and zq [m, d] (see _corral for the start). Returns
     (separable, x, corral): separable once x separates every row with
     (min zp.x - max zq.x) >= margin * ||x||^2 (margin 1: the optimum, ||x|| is the distance), not
-    separable once ||x|| <= _EPS. Raises _Stall."""
+    separable once ||x|| <= _EPS or ||x||_1 <= touch. Raises _Stall."""
     corral = _corral(zp, zq, direction, start, basis)
     apart = False
     for x, lo, hi in _steps(corral):
-        if x @ x <= _EPS**2:
+        if x @ x <= _EPS**2 or np.abs(x).sum() <= touch:
             return False, x, corral
         apart = _separates(lo, hi, x)
         if apart and lo - hi >= margin * (x @ x):
@@ -342,18 +351,32 @@ def separate(
     Q, e.g. an earlier support), else `direction` [d] (from Q towards P); `margin` in [0, 1]: keep
     improving a separating hyperplane until its margin is at least that fraction of the best bound
     so far (0: stop at the first; 1: the maximum-margin hyperplane); `frame` (c [d], s): the
-    coordinates (x - c) / s to work in (default: centred and scaled for P and Q)."""
+    coordinates (x - c) / s to work in (default: centred and scaled for P and Q).
+
+    The hulls count as touching (not separable) as soon as an iterate x, a point of
+    hull(P) - hull(Q), has ||x||_1 <= 2 * _LP_TOL: the LP's margin (half the L1 distance between
+    the hulls) is then at most _LP_TOL, so the LP would refuse the pair as well."""
     P, Q = np.asarray(P, dtype=np.float64), np.asarray(Q, dtype=np.float64)
     c, s = _frame(P, Q) if frame is None else frame
     zp, zq = (P - c) / s, (Q - c) / s
+    touch = 2 * _LP_TOL
     try:
         with one_thread():
-            separable, x, corral = _nearest(zp, zq, direction, start, margin, basis)
+            separable, x, corral = _nearest(zp, zq, direction, start, margin, basis, touch)
     except _Stall as stall:
-        return _separate_lp(zp, zq, c, s, direction, stall.args[0] if stall.args else None)
+        rows, x = stall.args if len(stall.args) == 2 else (None, None)
+        if x is not None and np.abs(x).sum() <= touch:
+            return Separation(False, witness=rows, support=rows, touching=bool(x @ x > _EPS**2))
+        return _separate_lp(zp, zq, c, s, direction, rows)
     if not separable:
         active = corral.active()
-        return Separation(False, witness=active, support=active, basis=corral.basis())
+        return Separation(
+            False,
+            witness=active,
+            support=active,
+            basis=corral.basis(),
+            touching=bool(x @ x > _EPS**2),
+        )
     out = _separation(zp, zq, x, 0.0, c, s, rounds=0)
     out.support, out.basis = corral.active(), corral.basis()
     return out
