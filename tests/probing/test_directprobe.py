@@ -220,6 +220,40 @@ def test_separate_agrees_with_the_lp_and_its_witness_is_small_and_overlapping(se
         assert not _lp_separable(P[ip], Q[iq])
 
 
+@pytest.mark.parametrize("seed", range(12))
+def test_partial_pricing_keeps_every_decision_and_distance_exact(seed, monkeypatch):
+    """Large sides are priced in full only every few cycles (a working set between): with a
+    working set of 3 rows per side, decisions still agree with the LP, distances with the QP,
+    and the fit with the plain definition; the partial cycles do happen."""
+    monkeypatch.setattr(hulls, "_WORK", 3)
+    steps, partial = hulls._steps, {"cycles": 0}
+
+    def counted(corral):
+        for x, lo, hi in steps(corral):
+            partial["cycles"] += lo is None
+            yield x, lo, hi
+
+    monkeypatch.setattr(hulls, "_steps", counted)
+    rng = np.random.default_rng(300 + seed)
+    d, n, m = int(rng.integers(2, 9)), int(rng.integers(10, 60)), int(rng.integers(10, 60))
+    P = rng.normal(size=(n, d))
+    Q = rng.normal(size=(m, d)) + rng.uniform(0, 4) * rng.normal(size=d)
+    result = separate(P, Q, margin=[0.0, 0.5, 1.0][seed % 3])
+    assert result.separable == _lp_separable(P, Q)
+    if result.separable:
+        assert (P @ result.w - result.t).min() > 0 > (Q @ result.w - result.t).max()
+        c, s = hulls._frame(P, Q)
+        want = s * hulls._hull_distance_qp((P - c) / s, (Q - c) / s, 1e-10)
+        np.testing.assert_allclose(hull_distance(P, Q), want, rtol=1e-6)
+    else:
+        assert not _lp_separable(P[result.witness[0]], Q[result.witness[1]])
+    X = rng.normal(size=(50, 3))
+    y = rng.integers(0, 3, 50)
+    got = DirectProbe().fit(X, y)
+    assert [c.tolist() for c in got.clusters_] == [c.tolist() for c in reference_directprobe(X, y)]
+    assert partial["cycles"] > 0
+
+
 def test_separate_restarts_from_a_basis_to_the_same_decision():
     """A basis from one search (same frame) restarts another on grown or shrunk sets."""
     rng = np.random.default_rng(7)

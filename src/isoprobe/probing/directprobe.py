@@ -31,8 +31,8 @@ of different labels, with exact certificates from cheap to dear:
 Identical points with different labels can never be separated: they are found first, reported in
 `conflicts_` and left out of the clustering (with `conflicts="fail"`, fit raises instead).
 Hulls that touch up to solver tolerance (an LP margin below 1e-6 in scaled coordinates) count as
-meeting (`stats_.touching`), decided without the LP once a point of hull(P) - hull(Q) found by
-Wolfe's method has an L1 norm below 2e-6 (the LP's margin is then below 1e-6 as well); a pair HiGHS cannot decide (60 s limit per solve, or a solver failure)
+meeting (`stats_.touching`), decided without the LP when Wolfe's method stalls on rounding at a
+point of hull(P) - hull(Q) with an L1 norm below 2e-6 (the LP's margin is then below 1e-6 too); a pair HiGHS cannot decide (60 s limit per solve, or a solver failure)
 is refused as well and counted in `stats_.undecided` with a warning: never a hang, never unseen. predict
 labels a point by its nearest cluster hull (isoprobe.probing.hulls.nearest_hulls: certified distance bounds
 for all points at once, the fit's hyperplanes among them, refined only as far as the choice needs); transform gives the exact distances to all hulls.
@@ -134,11 +134,26 @@ class _Order:
             [lab.rowmin.min() if lab.rowmin.size else np.inf for lab in self.labels]
         )
         self.owned = set(range(n_labels))
+        self.scratch = np.empty(
+            0
+        )  # [k * d] for the distances of a merged cluster, shared by copies
 
     def copy(self) -> _Order:
         new = object.__new__(_Order)
         new.labels, new.best, new.owned = list(self.labels), self.best.copy(), set()
+        new.scratch = self.scratch
         return new
+
+    def _distances(self, lab: _Label, i: int, others: np.ndarray) -> np.ndarray:
+        """((centroid[others] - centroid[i]) ** 2).sum(1), the same numbers, in a reused buffer."""
+        k, d = len(others), lab.centroid.shape[1]
+        if self.scratch.size < k * d:
+            self.scratch = np.empty(max(k * d, 2 * self.scratch.size))
+        buf = self.scratch[: k * d].reshape(k, d)
+        np.take(lab.centroid, others, axis=0, out=buf)
+        np.subtract(buf, lab.centroid[i], out=buf)
+        np.square(buf, out=buf)
+        return buf.sum(1)
 
     def _compact(self, code: int) -> None:
         """Drop the positions of merged clusters (their order, hence tie-breaking, is kept)."""
@@ -197,7 +212,7 @@ class _Order:
         others = np.flatnonzero(lab.alive)
         others = others[others != i]
         if new is None:
-            new = ((lab.centroid[others] - lab.centroid[i]) ** 2).sum(1)
+            new = self._distances(lab, i, others)
             new[lab.refused[i, others]] = np.inf
         lab.dist[i, others] = lab.dist[others, i] = new
         lab.rowmin[j] = np.inf

@@ -44,6 +44,8 @@ _TOUCH = 1e-6  # hull distances (scaled coordinates) at or below this are roundi
 _TIME_LIMIT = 60.0  # seconds per HiGHS solve; a pair still open then is undecided
 _EXACT = 1.0 - 1e-10  # margin fraction that counts as the optimum (distances)
 _PATIENCE = 32  # major cycles without a new smallest ||x||: rounding has stopped the method
+_WORK = 256  # rows per side priced between full pricings (sides of more than twice this)
+_FULL_EVERY = 8  # cycles between full pricings
 
 
 @dataclass
@@ -273,40 +275,82 @@ def _corral(
     return corral
 
 
-def _steps(corral: _Corral) -> Iterator[tuple[np.ndarray, float, float]]:
+def _steps(corral: _Corral) -> Iterator[tuple[np.ndarray, float | None, float | None]]:
     """Wolfe's method on rows zp [n, d] and zq [m, d] of the corral: yields (x, lo, hi) per major
     cycle, x the current point of hull(zp) - hull(zq), lo = min zp.x, hi = max zq.x. Ends once
     ||x|| <= _EPS or no row improves x (the optimum, up to rounding). Raises _Stall when rounding
     stops the method: in exact arithmetic ||x|| falls at every major cycle, so _PATIENCE cycles
-    without a new minimum (rows added, then dropped again at once) are a loop, not progress."""
+    without a new minimum (rows added, then dropped again at once) are a loop, not progress.
+
+    A side of more than 2 * _WORK rows is priced in full only every _FULL_EVERY cycles (and
+    before the method may end); between, only its working set: the _WORK rows that reached
+    furthest at the last full pricing, and the active rows. Those cycles yield lo = hi = None:
+    a bound holds only when every row was priced."""
     zp, zq = corral.zp, corral.zq
     d = zp.shape[1]
     scale = max(np.abs(zp).max(), np.abs(zq).max()) * np.sqrt(d)
     smallest, idle = np.inf, 0
+    partial = max(len(zp), len(zq)) > 2 * _WORK
+    work, since = None, 0
     for _ in range(20 * (d + 2)):
         x = corral.x()
-        sp, sq = zp @ x, zq @ x
         xx = float(x @ x)
-        yield x, sp.min(), sq.max()
+        full = work is None or since >= _FULL_EVERY
+        if full:
+            sp, sq = zp @ x, zq @ x
+            yield x, sp.min(), sq.max()
+            rp = rq = None
+        else:
+            rp, rq, wp, wq, pos_p, pos_q = work
+            sp, sq = wp @ x, wq @ x
+            yield x, None, None
         if xx <= _EPS**2:
             return
         smallest, idle = (xx, 0) if xx < smallest else (smallest, idle + 1)
         if idle >= _PATIENCE:
             break
         on = corral.side == 0
-        cp, cq = sp[corral.rows[on]].mean(), sq[corral.rows[~on]].mean()
-        sp[corral.rows[on]], sq[corral.rows[~on]] = np.inf, -np.inf  # active rows are not new
+        ap, aq = corral.rows[on], corral.rows[~on]
+        if not full:
+            ap, aq = pos_p[ap], pos_q[aq]
+        cp, cq = sp[ap].mean(), sq[aq].mean()
+        sp[ap], sq[aq] = np.inf, -np.inf  # active rows are not new
         i, j = int(np.argmin(sp)), int(np.argmax(sq))
         gains = sorted([(cp - sp[i], 0, i), (sq[j] - cq, 1, j)], reverse=True)
         noise = 1e-12 * np.sqrt(xx) * scale  # rounding in the projections
         added = False
-        for gain, s, r in gains:
+        for gain, side, r in gains:
             if gain > noise:
-                added = corral.insert(s, r) or added
+                row = r if full else (rp if side == 0 else rq)[r]
+                added = corral.insert(side, row) or added
         if not added:
-            return
+            if full:
+                return
+            since = _FULL_EVERY  # price every row before deciding that nothing improves x
+            continue
         corral.settle()
+        if full and partial:
+            work, since = _working_set(corral, sp, sq), 0
+        else:
+            since += 1
     raise _Stall(corral.active(), corral.x())
+
+
+def _working_set(corral: _Corral, sp: np.ndarray, sq: np.ndarray) -> tuple:
+    """(rows of zp, rows of zq, their rows copied, row -> position maps): per side the _WORK rows
+    with the lowest sp (highest sq) and the active rows, or every row of a side that is small."""
+    out = []
+    for z, proj, side in ((corral.zp, sp, 0), (corral.zq, -sq, 1)):
+        if len(z) <= 2 * _WORK:
+            out.append((np.arange(len(z)), z))
+            continue
+        rows = np.argpartition(proj, _WORK)[:_WORK]
+        rows = np.union1d(rows, corral.rows[corral.side == side])
+        out.append((rows, z[rows]))
+    (rp, wp), (rq, wq) = out
+    pos_p, pos_q = np.full(len(corral.zp), -1), np.full(len(corral.zq), -1)
+    pos_p[rp], pos_q[rq] = np.arange(len(rp)), np.arange(len(rq))
+    return rp, rq, wp, wq, pos_p, pos_q
 
 
 def _nearest(
@@ -316,22 +360,33 @@ def _nearest(
     start: tuple[np.ndarray, np.ndarray] | None = None,
     margin: float = 0.0,
     basis: Basis | None = None,
-    touch: float = 0.0,
 ) -> tuple[bool, np.ndarray, _Corral]:
     """Wolfe's method on rows zp [n, d] and zq [m, d] (see _corral for the start). Returns
     (separable, x, corral): separable once x separates every row with
     (min zp.x - max zq.x) >= margin * ||x||^2 (margin 1: the optimum, ||x|| is the distance), not
-    separable once ||x|| <= _EPS or ||x||_1 <= touch. Raises _Stall."""
+    separable once ||x|| <= _EPS. Raises _Stall, unless an iterate separated the sets already:
+    then that hyperplane is the answer (its margin short of `margin`)."""
     corral = _corral(zp, zq, direction, start, basis)
-    apart = False
-    for x, lo, hi in _steps(corral):
-        if x @ x <= _EPS**2 or np.abs(x).sum() <= touch:
-            return False, x, corral
-        apart = _separates(lo, hi, x)
-        if apart and lo - hi >= margin * (x @ x):
-            return True, x, corral
+    apart, proof = False, None
+    try:
+        for x, lo, hi in _steps(corral):
+            if x @ x <= _EPS**2:
+                return False, x, corral
+            if lo is None:  # not every row priced: no bound this cycle
+                continue
+            apart = _separates(lo, hi, x)
+            if apart and lo - hi >= margin * (x @ x):
+                return True, x, corral
+            if apart:
+                proof = x
+    except _Stall:
+        if proof is None:
+            raise
+        return True, proof, corral
     if apart:  # the optimum, up to rounding
         return True, x, corral
+    if proof is not None:
+        return True, proof, corral
     raise _Stall(corral.active(), corral.x())
 
 
@@ -353,19 +408,19 @@ def separate(
     so far (0: stop at the first; 1: the maximum-margin hyperplane); `frame` (c [d], s): the
     coordinates (x - c) / s to work in (default: centred and scaled for P and Q).
 
-    The hulls count as touching (not separable) as soon as an iterate x, a point of
-    hull(P) - hull(Q), has ||x||_1 <= 2 * _LP_TOL: the LP's margin (half the L1 distance between
-    the hulls) is then at most _LP_TOL, so the LP would refuse the pair as well."""
+    When rounding stalls Wolfe's method before any iterate separated the sets, its last iterate x
+    (a point of hull(P) - hull(Q)) with ||x||_1 <= 2 * _LP_TOL decides the pair as touching: the
+    LP's margin (half the L1 distance between the hulls) is then at most _LP_TOL, so the LP would
+    refuse the pair as well. Otherwise the LP decides."""
     P, Q = np.asarray(P, dtype=np.float64), np.asarray(Q, dtype=np.float64)
     c, s = _frame(P, Q) if frame is None else frame
     zp, zq = (P - c) / s, (Q - c) / s
-    touch = 2 * _LP_TOL
     try:
         with one_thread():
-            separable, x, corral = _nearest(zp, zq, direction, start, margin, basis, touch)
+            separable, x, corral = _nearest(zp, zq, direction, start, margin, basis)
     except _Stall as stall:
         rows, x = stall.args if len(stall.args) == 2 else (None, None)
-        if x is not None and np.abs(x).sum() <= touch:
+        if x is not None and _within_lp_tol(x):
             return Separation(False, witness=rows, support=rows, touching=bool(x @ x > _EPS**2))
         return _separate_lp(zp, zq, c, s, direction, rows)
     if not separable:
@@ -380,6 +435,11 @@ def separate(
     out = _separation(zp, zq, x, 0.0, c, s, rounds=0)
     out.support, out.basis = corral.active(), corral.basis()
     return out
+
+
+def _within_lp_tol(x: np.ndarray) -> bool:
+    """Is ||x||_1 <= 2 _LP_TOL for x in hull(P) - hull(Q), so that the LP's margin is <= _LP_TOL?"""
+    return float(np.abs(x).sum()) <= 2 * _LP_TOL
 
 
 def _separation(
@@ -667,7 +727,8 @@ class _Race:
             self.done = True
             return
         self.upper = min(self.upper, self.s * norm)
-        self.lower = max(self.lower, self.s * (lo - hi) / norm)
+        if lo is not None:
+            self.lower = max(self.lower, self.s * (lo - hi) / norm)
 
 
 _BLOCK = 256  # rows of X per block of the batched bounds
