@@ -451,9 +451,10 @@ def _l1_distance(A: np.ndarray, B: np.ndarray) -> float:
 
 @pytest.mark.parametrize("seed", [1, 2])
 def test_hulls_in_contact_are_touching_without_the_lp(seed, monkeypatch):
-    """Hulls that meet up to 1e-7 noise: Wolfe's iterate x (a point of hull(P) - hull(Q)) gets
-    ||x||_1 below twice the LP tolerance, so the LP's margin is below it too and the pair is
-    touching, decided there (no HiGHS fallback), with a witness whose hulls meet (own LP)."""
+    """Hulls that meet up to 1e-7 noise: Wolfe's method stalls on rounding at an iterate x (a
+    point of hull(P) - hull(Q)) with ||x||_1 below twice the LP tolerance, so the LP's margin is
+    below it too and the pair is touching, decided there (no HiGHS fallback), with a witness
+    whose hulls meet (own LP)."""
     P, Q = _words_at_positions(1e-7, seed)
 
     def no_lp(*args, **kwargs):
