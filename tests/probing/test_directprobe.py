@@ -180,6 +180,30 @@ def test_fit_equals_the_plain_definition_with_a_large_label():
     assert [c.tolist() for c in probe.clusters_] == [c.tolist() for c in expected]
 
 
+@pytest.mark.parametrize("seed", range(4))
+def test_refusing_a_merge_at_once_changes_nothing(seed, monkeypatch):
+    """A merge refused by a known witness before any plan is made: the same clusters and the
+    same counts as planning it (a plan that starts with it stops there), and it does happen."""
+    rng = np.random.default_rng(40 + seed)
+    X = rng.normal(size=(150, 3))
+    y = rng.integers(0, 3, 150)
+    at_once = directprobe._Fit.refused_at_once
+    fired = []
+
+    def counted(fit):
+        fired.append(at_once(fit))
+        return fired[-1]
+
+    monkeypatch.setattr(directprobe._Fit, "refused_at_once", counted)
+    fast = DirectProbe().fit(X, y)
+    assert any(fired)
+    monkeypatch.setattr(directprobe._Fit, "refused_at_once", lambda fit: False)
+    planned = DirectProbe().fit(X, y)
+    assert [c.tolist() for c in fast.clusters_] == [c.tolist() for c in planned.clusters_]
+    assert vars(fast.stats_) == vars(planned.stats_)
+    assert [c.tolist() for c in fast.clusters_] == [c.tolist() for c in reference_directprobe(X, y)]
+
+
 def test_fit_is_exact_on_a_larger_random_set():
     """Every final pair of clusters of different labels is separable (checked by the LP alone)."""
     rng = np.random.default_rng(5)
@@ -407,6 +431,43 @@ def test_plan_witness_activation():
     assert plan.rep(8, 3).tolist() == [0, 1, 1, 1, 4, 4, 6, 7]
 
 
+@pytest.mark.parametrize("seed", range(6))
+def test_witness_activations_at_once_equal_one_at_a_time(seed):
+    """_Witnesses.activations (all witnesses in a few array operations) gives, for every witness,
+    what _Fit.activation gives for it alone, on random committed clusterings and plans."""
+    from types import SimpleNamespace
+
+    rng = np.random.default_rng(seed)
+    n = 60
+    root = np.arange(n)
+    for b in rng.permutation(n)[:30]:  # committed merges: point b's cluster joins another one
+        a = int(rng.integers(n))
+        if root[a] != root[b]:
+            root[root == root[b]] = root[a]
+    slots = np.unique(root)
+    steps, alive = [], list(slots)
+    for _ in range(int(rng.integers(1, 12))):
+        a, b = sorted(rng.choice(len(alive), 2, replace=False))
+        steps.append((0, int(alive[a]), int(alive[b])))
+        alive.pop(b)
+    plan = directprobe._Plan(steps)
+    store, fit = directprobe._Witnesses(), SimpleNamespace(root=root)
+    for _ in range(40):
+        _, a, b = steps[int(rng.integers(len(steps)))]
+        near = np.flatnonzero(np.isin(root, [a, b]))  # points of one planned merge
+        pick = [near if rng.random() < 0.7 else np.arange(n) for _ in (0, 1)]
+        sizes = [int(rng.integers(1, 5)), int(rng.integers(0, 5))]
+        store.add(
+            tuple(
+                rng.choice(p, min(k, len(p)), replace=False)
+                for p, k in zip(pick, sizes, strict=True)
+            )
+        )
+    expected = [directprobe._Fit.activation(fit, plan, w) for w in store]
+    assert store.activations(root, plan) == expected
+    assert any(0 < a < np.inf for a in expected) and np.inf in expected
+
+
 def _lp(P: np.ndarray, Q: np.ndarray) -> hulls.Separation:
     c, s = hulls._frame(P, Q)
     return hulls._separate_lp((P - c) / s, (Q - c) / s, c, s, None)
@@ -490,7 +551,21 @@ def test_wolfe_stops_a_rounding_loop_after_its_patience(monkeypatch):
     with pytest.raises(hulls._Stall):
         for _ in hulls._steps(corral):
             pass
-    assert state["cycles"] <= hulls._PATIENCE + 4
+    assert hulls._PATIENCE <= state["cycles"] <= hulls._PATIENCE + 4
+
+
+def test_flat_sets_a_hair_apart_are_separable():
+    """Sets on one hyperplane, the second shifted off it by a gap far below the LP tolerance:
+    strictly separable (the touching rule applies only to a search that has stalled)."""
+    for seed in (1, 2):
+        P, Q = _words_at_positions(0.0, seed, d=64)
+        u = np.random.default_rng(seed).normal(size=64)
+        u /= np.linalg.norm(u)
+        P, Q = P - np.outer(P @ u, u), Q - np.outer(Q @ u, u)
+        for gap in (1e-5, 3e-7):
+            out = separate(P, Q + gap * u)
+            assert out.separable and not out.touching, (seed, gap)
+            assert (P @ out.w - out.t).min() > 0 > ((Q + gap * u) @ out.w - out.t).max()
 
 
 def test_time_limit_makes_a_pair_undecided_and_directprobe_counts_it(monkeypatch):

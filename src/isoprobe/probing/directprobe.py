@@ -322,6 +322,64 @@ class _Plan:
         return out
 
 
+class _Witnesses:
+    """Point sets whose hulls meet (rows of X, one set per side), found by earlier searches: a
+    state in which each set lies within one cluster overlaps. Kept flat as well, so that the plan
+    step at which each applies is found for all of them at once."""
+
+    def __init__(self):
+        self.items: list[tuple[np.ndarray, np.ndarray]] = []
+        self._flat: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __iter__(self):
+        return iter(self.items)
+
+    def add(self, witness: tuple[np.ndarray, np.ndarray]) -> None:
+        self.items.append(witness)
+        self._flat = None
+
+    def _arrays(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(points of every non-empty set, where each set starts, its witness)."""
+        if self._flat is None:
+            sets = [(i, side) for i, w in enumerate(self.items) for side in w if len(side)]
+            sizes = np.array([len(side) for _, side in sets], int)
+            self._flat = (
+                np.concatenate([side for _, side in sets]).astype(int),
+                np.r_[0, np.cumsum(sizes)[:-1]],
+                np.array([i for i, _ in sets], int),
+            )
+        return self._flat
+
+    def activations(self, root: np.ndarray, plan: _Plan) -> list[float]:
+        """Per witness, the number of merges of the plan after which it applies (inf: never): a
+        set spread over several committed clusters needs all of them touched by the plan, and
+        applies once they are joined."""
+        out = [0.0] * len(self.items)
+        if not self.items:
+            return out
+        points, starts, owner = self._arrays()
+        slots = root[points]
+        spread = np.minimum.reduceat(slots, starts) != np.maximum.reduceat(slots, starts)
+        if not spread.any():
+            return out
+        touched = np.zeros(len(root), bool)
+        touched[list(plan.touched)] = True
+        covered = np.logical_and.reduceat(touched[slots], starts)
+        never = np.zeros(len(self.items), bool)
+        never[owner[spread & ~covered]] = True
+        ends = np.r_[starts[1:], len(points)]
+        for g in np.flatnonzero(spread & covered & ~never[owner]):
+            i = int(owner[g])
+            joined = plan.joined(np.unique(slots[starts[g] : ends[g]]))
+            out[i] = max(out[i], joined)
+        for i in np.flatnonzero(never):
+            out[int(i)] = np.inf
+        return out
+
+
 class _State:
     """The clusters after the first t merges of a plan (named by their smallest committed slot)."""
 
@@ -361,7 +419,7 @@ class _Fit:
         self.radius = np.zeros(n)  # of committed clusters; < 0: not computed
         self.order = _Order(X, codes, self.n_labels)
         self.pool = _Pool(X, self.root, hyperplanes)
-        self.witnesses: list[tuple[np.ndarray, np.ndarray]] = []
+        self.witnesses = _Witnesses()
         c = X.mean(0) if n else np.zeros(X.shape[1])
         scale = float(np.sqrt(((X - c) ** 2).sum(1).mean())) if n else 1.0
         self.frame = (c, scale or 1.0)  # one frame for all searches, so bases carry over
@@ -374,6 +432,9 @@ class _Fit:
         bar = tqdm(total=len(self.X), desc="directprobe", unit="merge", disable=not progress)
         window = len(self.X)
         while True:
+            if self.refused_at_once():
+                window = _MIN_PLAN
+                continue
             spec = self.order.copy()
             steps, news, kept = [], [], 0
             while len(steps) < window and (step := spec.next()) is not None:
@@ -403,6 +464,21 @@ class _Fit:
         self.stats.extra["witnesses"] = len(self.witnesses)
         return [np.sort(self.members[int(s)]) for s in np.flatnonzero(self.active)]
 
+    def refused_at_once(self) -> bool:
+        """Refuse the next merge of the order when a known witness applies to it alone (what
+        good_prefix would decide on any plan that starts with it), before planning beyond it."""
+        step = self.order.next()
+        if step is None or not len(self.witnesses):
+            return False
+        if min(self.witnesses.activations(self.root, _Plan([step]))) > 1:
+            return False
+        st = self.stats
+        st.extra["plans"] = st.extra.get("plans", 0) + 1
+        st.refused_by_witness += 1
+        st.refused += 1
+        self.order.refuse(*step)
+        return True
+
     def good_prefix(self, plan: _Plan) -> int:
         """Largest t such that the state after t merges of the plan is overlap-free. The last state
         is checked first; an overlap bounds the answer by the first state its witness applies to
@@ -410,7 +486,7 @@ class _Fit:
         bisection. Every separating hyperplane found holds for all earlier states too."""
         st = self.stats
         st.extra["plans"] = st.extra.get("plans", 0) + 1
-        self._acts = [self.activation(plan, w) for w in self.witnesses]
+        self._acts = self.witnesses.activations(self.root, plan)
         known = min(self._acts, default=np.inf)
         if known <= len(plan):  # a known witness applies already: no need to look beyond
             st.refused_by_witness += 1
@@ -476,7 +552,7 @@ class _Fit:
             len(known),
         )
         for w in self.solve(state, u, v, known):
-            self.witnesses.append(w)
+            self.witnesses.add(w)
             self._acts.append(self.activation(plan, w))
             first = min(first, self._acts[-1])
         return first
