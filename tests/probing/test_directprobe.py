@@ -466,6 +466,18 @@ def test_witness_activations_at_once_equal_one_at_a_time(seed):
     expected = [directprobe._Fit.activation(fit, plan, w) for w in store]
     assert store.activations(root, plan) == expected
     assert any(0 < a < np.inf for a in expected) and np.inf in expected
+    assert store.refuse(root, *steps[0][1:])  # a witness in one cluster per side refuses all
+    spread = directprobe._Witnesses()  # as in a fit: no witness applies to the committed state
+    for w, a in zip(store, expected, strict=True):
+        if a > 0:
+            spread.add(w)
+    refused = []  # a merge alone: refused exactly when some witness applies after one step
+    for step in steps + [(0, int(a), int(b)) for a, b in rng.choice(slots, (20, 2))]:
+        one = directprobe._Plan([step])
+        want = min(directprobe._Fit.activation(fit, one, w) for w in spread) <= 1
+        refused.append(spread.refuse(root, step[1], step[2]))
+        assert refused[-1] == want
+    assert any(refused) and not all(refused)
 
 
 def _lp(P: np.ndarray, Q: np.ndarray) -> hulls.Separation:

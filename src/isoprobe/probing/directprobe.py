@@ -330,6 +330,7 @@ class _Witnesses:
     def __init__(self):
         self.items: list[tuple[np.ndarray, np.ndarray]] = []
         self._flat: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
+        self._pairs: set[tuple[int, int]] | None = None  # for the committed state of the last call
 
     def __len__(self) -> int:
         return len(self.items)
@@ -339,7 +340,44 @@ class _Witnesses:
 
     def add(self, witness: tuple[np.ndarray, np.ndarray]) -> None:
         self.items.append(witness)
-        self._flat = None
+        self._flat = self._pairs = None
+
+    def committed(self) -> None:
+        """The committed clusters changed."""
+        self._pairs = None
+
+    def refuse(self, root: np.ndarray, a: int, b: int) -> bool:
+        """Does a witness apply to the merge of committed clusters a and b alone (activation <= 1
+        for the one-step plan)? True for every merge if one applies already (activation 0)."""
+        if self._pairs is None:
+            self._pairs = self._pair_index(root)
+        return (min(a, b), max(a, b)) in self._pairs or (-1, -1) in self._pairs
+
+    def _pair_index(self, root: np.ndarray) -> set[tuple[int, int]]:
+        """The pairs (a < b) of committed slots whose merge alone a witness applies to: each of
+        its sets spread over several clusters lies in exactly a and b; (-1, -1) if one applies
+        already (no set spread)."""
+        if not self.items:
+            return set()
+        points, starts, owner = self._arrays()
+        slots = root[points]
+        segment = np.repeat(np.arange(len(starts)), np.diff(np.r_[starts, len(points)]))
+        ordered = slots[np.lexsort((slots, segment))]  # sorted within each set, sets in place
+        fresh = np.r_[True, ordered[1:] != ordered[:-1]]
+        fresh[starts] = True
+        distinct = np.add.reduceat(fresh.astype(int), starts)
+        lo, hi = np.minimum.reduceat(slots, starts), np.maximum.reduceat(slots, starts)
+        keys: dict[int, set] = {int(i): set() for i in range(len(self.items))}
+        for g in np.flatnonzero(distinct > 1):
+            pair = (int(lo[g]), int(hi[g])) if distinct[g] == 2 else None
+            keys[int(owner[g])].add(pair)
+        out = set()
+        for found in keys.values():
+            if not found:
+                out.add((-1, -1))
+            elif len(found) == 1 and None not in found:
+                out |= found
+        return out
 
     def _arrays(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(points of every non-empty set, where each set starts, its witness)."""
@@ -468,9 +506,7 @@ class _Fit:
         """Refuse the next merge of the order when a known witness applies to it alone (what
         good_prefix would decide on any plan that starts with it), before planning beyond it."""
         step = self.order.next()
-        if step is None or not len(self.witnesses):
-            return False
-        if min(self.witnesses.activations(self.root, _Plan([step]))) > 1:
+        if step is None or not self.witnesses.refuse(self.root, *step[1:]):
             return False
         st = self.stats
         st.extra["plans"] = st.extra.get("plans", 0) + 1
@@ -513,6 +549,7 @@ class _Fit:
         self.active[b] = False
         self.radius[a] = -1.0
         self.pool.merge(a, b)
+        self.witnesses.committed()
 
     # ---------------------------------------------------------------- states
 
