@@ -99,6 +99,11 @@ def test_report_after_repro(repo):
     assert runs and runs[0].info.status == "FINISHED"
     artifacts = {f.path for f in mlflow.tracking.MlflowClient().list_artifacts(runs[0].info.run_id)}
     assert {"index.html", "summary.md"} <= artifacts
+    aggregates = mlflow.search_runs(experiment_names=["isoprobe/aggregates"], output_format="list")
+    by_name = {r.info.run_name: r for r in aggregates}
+    assert sorted(by_name) == ["tweets/baseline", "tweets/isobn"]
+    assert by_name["tweets/baseline"].data.tags["report_run_id"] == runs[0].info.run_id
+    assert by_name["tweets/isobn"].data.metrics["n_seeds"] == 1
 
 
 def test_second_repro_is_a_no_op(repo):

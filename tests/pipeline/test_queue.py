@@ -31,6 +31,7 @@ RUNS = {
     ("isoprobe/tweets", "probe-pretrained"),
     ("isoprobe/tweets", "probe-baseline-s0"),
     ("isoprobe/report", "report"),
+    ("isoprobe/aggregates", "tweets/baseline"),  # the seed aggregate, by the report stage
 }
 TIMEOUT = 1800  # seconds for the whole queue; about 6-15 min on a 2-core machine
 
@@ -96,7 +97,7 @@ def test_queued_experiments_in_parallel_all_land_in_mlflow(tmp_path):
     client = mlflow.tracking.MlflowClient(tracking_uri=f"sqlite:///{repo}/mlflow.db")
     experiments = [
         client.get_experiment_by_name(e).experiment_id
-        for e in ("isoprobe/tweets", "isoprobe/report")
+        for e in ("isoprobe/tweets", "isoprobe/report", "isoprobe/aggregates")
     ]
     runs = client.search_runs(experiments, max_results=1000)
     found = sorted(

@@ -240,6 +240,16 @@ def test_results_table_shows_the_inputs(built):
             assert numbers["results"][task][m]["n"] == len(seeds)
     assert numbers["results"]["alpha"]["isobn"]["vs_baseline"]["p_value"] == pytest.approx(2 / 64)
     assert numbers["results"]["alpha"]["isobn"]["vs_baseline"]["significant"]
+    # Holm over 4 comparisons (isobn and whiten on alpha and beta): isobn's p = 2/64 twice, the
+    # smallest: 4 x 1/32 = 0.125, then max(0.125, 3 x 1/32): not significant after correction
+    for task in TASKS:
+        cmp = numbers["results"][task]["isobn"]["vs_baseline"]
+        assert cmp["p_adjusted"] == pytest.approx(0.125) and cmp["family"] == 4
+        assert not cmp["significant_adjusted"]
+    detail = next(tb for tb in parsed(html).tables if tb[0][:3] == ["task", "method", "seeds"])
+    row = next(r for r in detail if r[:2] == ["alpha", "isobn"])
+    assert row[10] == "0.125" and row[-1] == "not after Holm's correction"
+    assert row[-2] == "n/a"  # meta.json has no label counts: degenerate runs cannot be told
     # the best median per task and the best average are marked
     assert re.search(r'<td class="best">[^<]*</td>', html)
     best = re.findall(

@@ -24,7 +24,9 @@ def make_run(root: Path) -> Path:
         methods=["baseline", "isobn", "whiten", "layernorm"], seeds=list(range(6))
     )
     (root / "params.yaml").write_text(yaml.safe_dump(params))
-    write(root / "data/prepared/tweets/meta.json", {"metric": "accuracy"})
+    # test split 45 / 55: a constant prediction scores 0.45 or 0.55 (baseline seed 2: degenerate)
+    meta = {"metric": "accuracy", "counts": {"test": {"rows": 100, "labels": {"a": 45, "b": 55}}}}
+    write(root / "data/prepared/tweets/meta.json", meta)
     scores = {
         "baseline": BASE,
         "isobn": [b + 0.01 for b in BASE],
@@ -63,7 +65,8 @@ def test_results_tables_from_metrics_files(tmp_path):
         cwd=root, capture_output=True, text=True, check=True,
     )  # fmt: skip
     md = res.stdout
-    main = {line.split("|")[1].strip(): line for line in md.splitlines() if line.startswith("| ")}
+    main = {line.split("|")[1].strip(): line
+            for line in md.split("Difference to baseline")[0].splitlines() if line.startswith("| ")}  # fmt: skip
     # medians and sample stds of the seeds, written out by hand
     # baseline: median of .50 .55 .58 .62 .66 .70; mean .60167, squared deviations sum .026883 / 5
     assert "0.6000 ± 0.0733" in main["baseline"]
@@ -74,11 +77,19 @@ def test_results_tables_from_metrics_files(tmp_path):
     diff = rows(md, "tweets")
     # isobn: +0.01 on all 6 seeds, only the observed pattern and its mirror: p = 2/64
     assert diff["isobn"][2:6] == ["6", "+0.0100", "+0.0100", "0.0312"]
-    assert diff["isobn"][-1] == "better"
     assert diff["whiten"][3] == "+0.0000" and diff["whiten"][5] == "1"
     assert diff["whiten"][-1] == "no significant difference"
     assert diff["layernorm"][2] == "4" and diff["layernorm"][-1] == "too few seeds (p >= 0.125)"
     assert "baseline" not in diff
+    # Holm over the 3 comparisons: p sorted 2/64 (isobn), 2/16 (layernorm, 4 seeds), 1 (whiten):
+    # 3 x 0.03125 = 0.09375; max(0.09375, 2 x 0.125) = 0.25; 1
+    assert "p (Holm, 3 tests)" in md
+    assert [diff[m][6] for m in ("isobn", "layernorm", "whiten")] == ["0.0938", "0.25", "1"]
+    assert diff["isobn"][-1] == "not after Holm's correction"  # p = 0.031 alone, 0.094 adjusted
+    assert [diff[m][8] for m in ("isobn", "whiten", "layernorm")] == ["0/6", "0/6", "0/4"]
+    degenerate = {line.split("|")[1].strip(): line.split("|")[2].strip()
+                  for line in md.split("Degenerate runs")[1].splitlines() if line.startswith("| ")}  # fmt: skip
+    assert degenerate["baseline"] == "1/6"  # seed 2 scored 0.55, the majority share
     iso = rows(md, "tweets")["train"]  # the isotropy row: task, split, rows, layer, IsoScore, ...
     assert iso[2:5] == ["480", "6", "0.0769"] and iso[-1] == "77.9"
 
@@ -152,7 +163,8 @@ def test_results_of_a_regression_task_compare_the_pearson_spearman_mean(tmp_path
     )  # fmt: skip
     md = res.stdout
     assert "tweets (pearson_spearman)" in md
-    main = {line.split("|")[1].strip(): line for line in md.splitlines() if line.startswith("| ")}
+    main = {line.split("|")[1].strip(): line
+            for line in md.split("Difference to baseline")[0].splitlines() if line.startswith("| ")}  # fmt: skip
     assert "0.6000 ± 0.0733" in main["baseline"]
     assert "**0.6200 ± 0.0733**" in main["isobn"]
     diff = rows(md, "tweets")

@@ -1,4 +1,5 @@
-"""Seed statistics: describe, the exact sign-flip test, the bootstrap interval, paired comparison."""
+"""Seed statistics: describe, the exact sign-flip test, the bootstrap interval, paired comparison,
+Holm's adjustment and the degenerate-run rate."""
 
 from __future__ import annotations
 
@@ -10,7 +11,9 @@ import pytest
 
 from isoprobe.reporting.stats import (
     bootstrap_ci,
+    degenerate_rate,
     describe,
+    holm_adjust,
     min_attainable_p,
     paired_comparison,
     sign_flip_p_value,
@@ -276,3 +279,55 @@ def test_paired_errors():
         paired_comparison([], [])
     with pytest.raises(ValueError, match="alpha"):
         paired_comparison([1.0, 2.0], [0.0, 0.0], alpha=0.0)
+
+
+# Holm-Bonferroni --------------------------------------------------------------------------------
+
+
+def test_holm_hand_computed():
+    # sorted: .005 .01 .03 .04 -> 4 x .005 = .02, 3 x .01 = .03, 2 x .03 = .06, max(.06, .04) = .06
+    adjusted = holm_adjust([0.01, 0.04, 0.03, 0.005])
+    assert adjusted.tolist() == pytest.approx([0.03, 0.06, 0.06, 0.02])
+
+
+def test_holm_ties_cap_and_single():
+    assert holm_adjust([0.02, 0.02, 0.5]).tolist() == pytest.approx([0.06, 0.06, 0.5])
+    assert holm_adjust([0.4, 0.6]).tolist() == pytest.approx([0.8, 0.8])
+    assert holm_adjust([0.6, 0.7]).tolist() == [1.0, 1.0]
+    assert holm_adjust([0.03]).tolist() == [0.03]
+    # the sign-flip test's smallest p with 10 seeds, over 20 comparisons: 20 x 2/1024
+    assert holm_adjust([2 / 1024] * 20).tolist() == pytest.approx([40 / 1024] * 20)
+
+
+def _holm_rejections(p: np.ndarray, alpha: float) -> set[int]:
+    """Holm's step-down procedure as stated: walk the sorted p-values, reject while
+    p_(k) <= alpha / (m - k + 1) (k from 1), stop at the first that is not."""
+    m, out = len(p), set()
+    for k, i in enumerate(sorted(range(m), key=lambda j: p[j]), start=1):
+        if p[i] > alpha / (m - k + 1):
+            break
+        out.add(i)
+    return out
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_holm_adjusted_p_rejects_what_the_step_down_procedure_rejects(seed):
+    rng = np.random.default_rng(seed)
+    p = rng.uniform(0, 0.1, size=12) ** rng.uniform(0.5, 2)
+    adjusted = holm_adjust(p)
+    assert (adjusted >= p).all() and (adjusted <= 1).all()
+    for alpha in (0.01, 0.05, 0.1, 0.2):
+        assert {i for i in range(12) if adjusted[i] <= alpha} == _holm_rejections(p, alpha)
+
+
+def test_holm_errors():
+    with pytest.raises(ValueError, match="empty"):
+        holm_adjust([])
+    with pytest.raises(ValueError, match=r"\[0, 1\]"):
+        holm_adjust([0.5, 1.5])
+
+
+def test_degenerate_rate():
+    assert degenerate_rate([True, False, None, False]) == pytest.approx(1 / 3)
+    assert degenerate_rate([False, False]) == 0.0
+    assert degenerate_rate([None]) is None and degenerate_rate([]) is None

@@ -8,6 +8,8 @@ from pathlib import Path
 
 SPLITS = ("train", "dev", "test")
 REPORT_EXPERIMENT = "isoprobe/report"
+# one run per task x method of each report: the seed aggregate (median, Δ to baseline, p, ...)
+AGGREGATE_EXPERIMENT = "isoprobe/aggregates"
 
 
 def experiment_name(task: str) -> str:

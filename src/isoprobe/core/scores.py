@@ -36,3 +36,38 @@ def task_scores(metric: str, y_true: np.ndarray, output: np.ndarray) -> dict[str
     elif metric == "f1":
         out["f1"] = float(f1_score(y_true, pred, pos_label=1, average="binary", zero_division=0))
     return out
+
+
+def constant_prediction_scores(metric: str, label_counts: dict[str, int] | None) -> list[float]:
+    """The main scores of `metric` that a model predicting the same output for every test row gets,
+    given the test split's rows per label (classification; None or {} for regression):
+    accuracy: each label's share (the majority class's the largest); mcc: 0; f1: 0 (always the
+    negative label) and 2p / (1 + p) (always the positive one, p its share); correlation: 0 (the
+    correlation of a constant is undefined, scored 0 by `task_scores`). [] when the counts a
+    metric needs are missing."""
+    if metric in ("mcc", "correlation"):
+        return [0.0]
+    counts = [int(c) for c in (label_counts or {}).values()]
+    n = sum(counts)
+    if n <= 0:
+        return []
+    if metric == "accuracy":
+        return sorted({c / n for c in counts})
+    if metric == "f1":
+        if len(counts) != 2:
+            return []
+        p = counts[1] / n
+        return [0.0, 2 * p / (1 + p)]
+    raise ValueError(f"unknown metric {metric!r}: expected one of {sorted(MAIN)}")
+
+
+def is_constant_prediction_score(
+    score: float, metric: str, label_counts: dict[str, int] | None, tol: float = 1e-9
+) -> bool | None:
+    """Whether `score` equals a constant prediction's (`constant_prediction_scores`) within `tol`:
+    a degenerate run, one that learned nothing of the inputs. None when it cannot be told (the
+    label counts an accuracy or F1 comparison needs are missing)."""
+    chance = constant_prediction_scores(metric, label_counts)
+    if not chance:
+        return None
+    return any(abs(score - c) <= tol for c in chance)

@@ -27,11 +27,14 @@ from isoprobe.core.repo import git, git_commit
 from isoprobe.reporting import plots as report_plots
 from isoprobe.reporting.html import Section, Table, esc, image, note, page, para
 from isoprobe.reporting.numbers import (
+    DEGENERATE_RULE,
     ISO_KEYS,
     PROBE_KEYS,
     FinetuneResults,
+    degenerate_cell,
     finetune_results,
     probe_rows,
+    verdict,
 )
 from isoprobe.reporting.reading import (
     DroppedRows,
@@ -84,16 +87,18 @@ PROBE_FIGURES = (
     ("centroids_pca", "label centroids, PCA, before and after"),
 )
 DETAIL_HEADER = ["task", "method", "seeds", "median", "std", "mean", "min", "max", "Δ mean", "p",
-                 "CI low", "CI high", "verdict"]  # fmt: skip
+                 "p (Holm)", "CI low", "CI high", "degenerate", "verdict"]  # fmt: skip
 
 
 def results_intro(inp: ReportInputs) -> str:
     return (
         f"Test score per task and method over seeds {inp.seeds}: median ± std (the IsoBN paper's "
         "convention), mean and min–max; Δ = method − baseline paired by seed, with the exact "
-        f"two-sided sign-flip permutation p-value and a {100 * (1 - inp.alpha):.0f}% bootstrap "
-        "interval of the mean Δ. The best median per task is underlined in bold. Diverged runs are "
-        "left out (see the last section)."
+        f"two-sided sign-flip permutation p-value, that p Holm-adjusted over every comparison of "
+        f"the grid (the verdict at alpha = {inp.alpha:g} is on the adjusted p) and a "
+        f"{100 * (1 - inp.alpha):.0f}% bootstrap interval of the mean Δ. Degenerate runs: test "
+        f"score equal to a constant prediction's ({DEGENERATE_RULE}). The best median per task is "
+        "underlined in bold. Diverged runs are left out (see the last section)."
     )
 
 
@@ -347,12 +352,16 @@ def _detail_rows(res: FinetuneResults) -> list[list]:
         for method in res.methods:
             r = res.result(task, method)
             if r is None:
-                rows.append([task, method, 0, *[None] * 9, "no finished run"])
+                rows.append([task, method, 0, *[None] * 11, "no finished run"])
                 continue
             d, cmp = r.summary, r.vs_baseline
-            tail = ((cmp["delta_mean"], cmp["p_value"], cmp["ci_low"], cmp["ci_high"], cmp["note"]) if cmp
-                    else (None, None, None, None, "reference" if method == "baseline" else "no paired seeds"))  # fmt: skip
-            rows.append([task, method, d["n"], d["median"], d["std"], d["mean"], d["min"], d["max"], *tail])  # fmt: skip
+            stats_ = ((cmp["delta_mean"], cmp["p_value"], cmp["p_adjusted"], cmp["ci_low"], cmp["ci_high"])
+                      if cmp else (None,) * 5)  # fmt: skip
+            why = (
+                verdict(cmp) if cmp else "reference" if method == "baseline" else "no paired seeds"
+            )
+            rows.append([task, method, d["n"], d["median"], d["std"], d["mean"], d["min"], d["max"],
+                         *stats_, degenerate_cell(r), why])  # fmt: skip
     return rows
 
 

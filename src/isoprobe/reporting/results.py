@@ -6,7 +6,15 @@ after `dvc exp run isotropy finetune` (no post-fine-tuning stages)."""
 from __future__ import annotations
 
 from isoprobe.reporting.html import Table
-from isoprobe.reporting.numbers import PROBE_KEYS, FinetuneResults, finetune_results, probe_rows
+from isoprobe.reporting.numbers import (
+    DEGENERATE_RULE,
+    PROBE_KEYS,
+    FinetuneResults,
+    degenerate_cell,
+    finetune_results,
+    probe_rows,
+    verdict,
+)
 from isoprobe.reporting.reading import ReportInputs, RunFiles
 
 # (metrics key, column title) of the pre-trained isotropy table, last layer [CLS]
@@ -35,27 +43,31 @@ def run_counts(run: RunFiles) -> dict[str, int]:
     return counts
 
 
-def _verdict(cmp: dict) -> str:
-    if not cmp["conclusive"]:
-        return f"too few seeds (p >= {cmp['min_p']:.3g})"
-    if cmp["significant"]:
-        return "better" if cmp["delta_mean"] > 0 else "worse"
-    return "no significant difference"
-
-
 def comparison_table(res: FinetuneResults, level: str) -> str:
     """Each method's paired difference to baseline per task: seeds, mean and median Δ, the exact
-    sign-flip p, the `level` bootstrap interval of the mean Δ, and the verdict."""
-    rows = []
+    sign-flip p and its Holm-adjusted value (over every comparison shown), the `level` bootstrap
+    interval of the mean Δ, the method's degenerate runs, and the verdict (on the adjusted p)."""
+    rows, family = [], None
     for task in res.tasks:
         for method in res.methods:
             if (r := res.result(task, method)) and (cmp := r.vs_baseline):
+                family = cmp["family"]
                 rows.append([task, method, r.summary["n"], f"{cmp['delta_mean']:+.4f}",
                              f"{cmp['delta_median']:+.4f}", f"{cmp['p_value']:.3g}",
-                             f"[{cmp['ci_low']:+.4f}, {cmp['ci_high']:+.4f}]", _verdict(cmp)])  # fmt: skip
-    header = ["task", "method", "seeds", "Δ mean", "Δ median", "p (sign-flip)", f"{level} interval",
-              "verdict"]  # fmt: skip
+                             f"{cmp['p_adjusted']:.3g}",
+                             f"[{cmp['ci_low']:+.4f}, {cmp['ci_high']:+.4f}]", degenerate_cell(r),
+                             verdict(cmp)])  # fmt: skip
+    header = ["task", "method", "seeds", "Δ mean", "Δ median", "p (sign-flip)",
+              f"p (Holm, {family or 0} tests)", f"{level} interval", "degenerate", "verdict"]  # fmt: skip
     return Table(header, rows, left=2).markdown()
+
+
+def degenerate_table(res: FinetuneResults) -> str:
+    """method x task: the runs whose test score is a constant prediction's, as k/n seeds."""
+    header = ["method", *res.tasks]
+    rows = [[m, *(degenerate_cell(r) if (r := res.result(t, m)) else "" for t in res.tasks)]
+            for m in res.methods]  # fmt: skip
+    return Table(header, rows).markdown()
 
 
 def finetune_tables(run: RunFiles) -> str:
@@ -67,8 +79,11 @@ def finetune_tables(run: RunFiles) -> str:
     outcomes = ", ".join(f"{v} {k}" for k, v in counts.items() if v or k in ("expected", "ok"))
     lines = [res.table().markdown(), "", *(f"> {n}" for n in notes), *([""] if notes else [])]
     lines += [f"Runs: {outcomes}.", "",
-              f"Difference to baseline (test, paired by seed; {level} bootstrap interval of the mean Δ):",
-              "", comparison_table(res, level)]  # fmt: skip
+              f"Difference to baseline (test, paired by seed; {level} bootstrap interval of the mean Δ; "
+              f"p Holm-adjusted over every comparison; verdict at alpha = {run.inp.alpha:g} on the "
+              "adjusted p):", "", comparison_table(res, level), "",
+              f"Degenerate runs (test score equal to a constant prediction's: {DEGENERATE_RULE}):",
+              "", degenerate_table(res)]  # fmt: skip
     return "\n".join(lines)
 
 

@@ -3,7 +3,10 @@
 Following the IsoBN paper, a method's score is summarised by the median and std over seeds; a
 method is compared with a baseline by pairing runs that share a seed (diff = method - baseline),
 an exact two-sided sign-flip (paired permutation) test of mean diff == 0 and a percentile bootstrap
-interval of the mean diff. All scores are plain floats in whatever unit the caller uses.
+interval of the mean diff. The p-values of a family of comparisons (every task x method of a grid)
+are adjusted for multiple comparisons by Holm's step-down method, and a method's rate of degenerate
+runs (a test score no better than a constant prediction's) is counted. All scores are plain floats
+in whatever unit the caller uses.
 """
 
 from __future__ import annotations
@@ -75,6 +78,30 @@ def sign_flip_p_value(diffs: Sequence[float] | np.ndarray) -> float:
     return float(np.count_nonzero(np.abs(sums) >= observed - tol) / sums.size)
 
 
+def holm_adjust(p_values: Sequence[float] | np.ndarray) -> np.ndarray:
+    """Holm-Bonferroni adjusted p-values [m] of a family of m tests, in the order given.
+
+    With the p-values sorted ascending, p_(1) <= ... <= p_(m), the adjusted p_(i) is
+    max over j <= i of min(1, (m - j + 1) * p_(j)) (Holm 1979): rejecting where adjusted p <= alpha
+    keeps the family-wise error rate at alpha. Tied p-values get the same adjusted value."""
+    p = _as_1d(p_values, "p_values")
+    if ((p < 0) | (p > 1)).any():
+        raise ValueError(f"p_values must lie in [0, 1], got {p.tolist()}")
+    m = p.size
+    order = np.argsort(p, kind="stable")
+    scaled = np.minimum(1.0, (m - np.arange(m)) * p[order])  # (m - j + 1) p_(j), j from 1
+    adjusted = np.empty(m)
+    adjusted[order] = np.maximum.accumulate(scaled)
+    return adjusted
+
+
+def degenerate_rate(flags: Sequence[bool]) -> float | None:
+    """Share of degenerate runs among `flags` (one per run; None: undecidable, left out); None when
+    no run could be decided."""
+    known = [bool(f) for f in flags if f is not None]
+    return sum(known) / len(known) if known else None
+
+
 def min_attainable_p(n: int) -> float:
     """Smallest p the exact two-sided sign-flip test can give with n >= 1 pairs: 2 / 2**n."""
     if n < 1:
@@ -106,11 +133,13 @@ def paired_comparison(
     baseline: Sequence[float] | np.ndarray,
     alpha: float = 0.05,
     seed: int = 0,
+    n_boot: int = 10000,
 ) -> dict:
     """Compare per-seed scores `values` [n] with `baseline` [n], paired by seed (same order).
 
     Returns n, delta_mean, delta_median (of values - baseline), p_value (exact sign-flip),
-    ci_low/ci_high (bootstrap interval of delta_mean at 1 - alpha), min_p (smallest attainable p),
+    ci_low/ci_high (bootstrap interval of delta_mean at 1 - alpha from `n_boot` resamples drawn
+    with `seed`), min_p (smallest attainable p),
     conclusive (min_p <= alpha), significant (conclusive and p_value <= alpha) and a one-line note."""
     v = _as_1d(values, "values")
     b = _as_1d(baseline, "baseline")
@@ -124,7 +153,7 @@ def paired_comparison(
     d = v - b
     n = int(d.size)
     p = sign_flip_p_value(d)
-    low, high = bootstrap_ci(d, level=1.0 - alpha, seed=seed)
+    low, high = bootstrap_ci(d, level=1.0 - alpha, n_boot=n_boot, seed=seed)
     min_p = min_attainable_p(n)
     conclusive = min_p <= alpha
     significant = conclusive and p <= alpha
